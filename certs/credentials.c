@@ -1,0 +1,324 @@
+/* credentials.c — one refcounted generation of GnuTLS server credentials:
+ * the cert/key pairs (or the self-signed default of SPEC §5), the priority
+ * cache, the TLS session ticket key, and the per-session set-up that applies
+ * them (tickets, ALPN "smtp" of SPEC §5 / §7.7).
+ *
+ * A generation is immutable once built and shared read-only by all worker
+ * threads; only its reference count changes. Never includes libuv or
+ * policy/, never prints or logs: errors go to the caller's buffer.
+ */
+#include "certs/credentials.h"
+#include "certs/self_signed.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <gnutls/x509.h>
+
+#define DEFAULT_PRIORITY "NORMAL"
+
+struct creds {
+	atomic_uint refs;
+	gnutls_certificate_credentials_t cert;
+	gnutls_priority_t priority;
+	gnutls_datum_t ticket_key; /* secret: wiped before it is freed */
+};
+
+static const gnutls_datum_t alpn_smtp = {(unsigned char *)"smtp", 4};
+
+__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errlen, const char *fmt,
+							  ...)
+{
+	va_list ap;
+
+	if (err == NULL || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+/* strerror() is not thread-safe and a reload may run beside the workers. */
+static const char *errno_text(int e, char *buf, size_t len)
+{
+#if defined(__GLIBC__) && defined(_GNU_SOURCE)
+	return strerror_r(e, buf, len);
+#else
+	if (strerror_r(e, buf, len) != 0)
+		snprintf(buf, len, "error %d", e);
+	return buf;
+#endif
+}
+
+static bool check_readable(const char *path, char *err, size_t errlen)
+{
+	char ebuf[128];
+	FILE *f = fopen(path, "r");
+
+	if (f == NULL) {
+		set_err(err, errlen, "%s: cannot read: %s", path,
+			errno_text(errno, ebuf, sizeof(ebuf)));
+		return false;
+	}
+	fclose(f);
+	return true;
+}
+
+/* Parses each file on its own before GnuTLS loads the pair, so that an error
+ * names the file at fault (and because GnuTLS 3.7.9 leaks memory when
+ * gnutls_certificate_set_x509_key_file2() meets a malformed certificate). */
+static bool check_pair_files(const struct creds_pair *p, char *err, size_t errlen)
+{
+	gnutls_datum_t data = {NULL, 0};
+	gnutls_x509_crt_t *crts = NULL;
+	unsigned n_crts = 0;
+	gnutls_x509_privkey_t key = NULL;
+	int r;
+
+	if ((r = gnutls_load_file(p->cert_file, &data)) < 0) {
+		set_err(err, errlen, "%s: cannot read: %s", p->cert_file, gnutls_strerror(r));
+		return false;
+	}
+	r = gnutls_x509_crt_list_import2(&crts, &n_crts, &data, GNUTLS_X509_FMT_PEM, 0);
+	gnutls_free(data.data);
+	if (r < 0) {
+		set_err(err, errlen, "%s: not a PEM certificate: %s", p->cert_file,
+			gnutls_strerror(r));
+		return false;
+	}
+	for (unsigned i = 0; i < n_crts; i++)
+		gnutls_x509_crt_deinit(crts[i]);
+	gnutls_free(crts);
+
+	if ((r = gnutls_load_file(p->key_file, &data)) < 0) {
+		set_err(err, errlen, "%s: cannot read: %s", p->key_file, gnutls_strerror(r));
+		return false;
+	}
+	if ((r = gnutls_x509_privkey_init(&key)) == 0) {
+		r = gnutls_x509_privkey_import2(key, &data, GNUTLS_X509_FMT_PEM, NULL, 0);
+		gnutls_x509_privkey_deinit(key);
+	}
+	gnutls_memset(data.data, 0, data.size);
+	gnutls_free(data.data);
+	if (r < 0) {
+		set_err(err, errlen, "%s: not a PEM private key: %s", p->key_file,
+			gnutls_strerror(r));
+		return false;
+	}
+	return true;
+}
+
+static bool load_pair(gnutls_certificate_credentials_t cert, const struct creds_pair *p, char *err,
+		      size_t errlen)
+{
+	if (p->cert_file == NULL || p->key_file == NULL) {
+		set_err(err, errlen, "certificate pair without a cert or key file");
+		return false;
+	}
+	if (!check_readable(p->cert_file, err, errlen) ||
+	    !check_readable(p->key_file, err, errlen) || !check_pair_files(p, err, errlen))
+		return false;
+	int rc = gnutls_certificate_set_x509_key_file2(cert, p->cert_file, p->key_file,
+						       GNUTLS_X509_FMT_PEM, NULL, 0);
+	if (rc >= 0)
+		return true;
+	if (rc == GNUTLS_E_CERTIFICATE_KEY_MISMATCH)
+		set_err(err, errlen, "%s does not match %s: %s", p->key_file, p->cert_file,
+			gnutls_strerror(rc));
+	else
+		set_err(err, errlen, "%s, %s: %s", p->cert_file, p->key_file, gnutls_strerror(rc));
+	return false;
+}
+
+static bool load_self_signed(gnutls_certificate_credentials_t cert, const char *server_name,
+			     char *err, size_t errlen)
+{
+	gnutls_x509_crt_t crt;
+	gnutls_x509_privkey_t key;
+	const char *name = server_name ? server_name : "";
+
+	int rc = self_signed_make(name, &crt, &key);
+	if (rc < 0) {
+		set_err(err, errlen, "cannot make a self-signed certificate for \"%s\": %s", name,
+			gnutls_strerror(rc));
+		return false;
+	}
+	/* GnuTLS keeps its own copies of both. */
+	rc = gnutls_certificate_set_x509_key(cert, &crt, 1, key);
+	gnutls_x509_crt_deinit(crt);
+	gnutls_x509_privkey_deinit(key);
+	if (rc < 0) {
+		set_err(err, errlen, "cannot use the self-signed certificate for \"%s\": %s", name,
+			gnutls_strerror(rc));
+		return false;
+	}
+	return true;
+}
+
+static bool load_priority(struct creds *c, const char *priority, char *err, size_t errlen)
+{
+	const char *pos = NULL;
+	const char *prio = priority ? priority : DEFAULT_PRIORITY;
+
+	int rc = gnutls_priority_init2(&c->priority, prio, &pos, 0);
+	if (rc == 0)
+		return true;
+	c->priority = NULL;
+	if (rc == GNUTLS_E_INVALID_REQUEST && pos != NULL && pos >= prio &&
+	    pos <= prio + strlen(prio))
+		set_err(err, errlen, "invalid priority string \"%s\" at position %zu (\"%s\"): %s",
+			prio, (size_t)(pos - prio), pos, gnutls_strerror(rc));
+	else
+		set_err(err, errlen, "invalid priority string \"%s\": %s", prio,
+			gnutls_strerror(rc));
+	return false;
+}
+
+static void creds_free(struct creds *c)
+{
+	if (c->priority)
+		gnutls_priority_deinit(c->priority);
+	if (c->cert)
+		gnutls_certificate_free_credentials(c->cert);
+	if (c->ticket_key.data) {
+		gnutls_memset(c->ticket_key.data, 0, c->ticket_key.size);
+		gnutls_free(c->ticket_key.data);
+	}
+	free(c);
+}
+
+struct creds *creds_new(const struct creds_params *params, bool *self_signed, char *err,
+			size_t errlen)
+{
+	bool made_self_signed = false;
+	int rc;
+
+	set_err(err, errlen, "%s", "");
+	if (self_signed)
+		*self_signed = false;
+	if (params == NULL || (params->n_pairs > 0 && params->pairs == NULL)) {
+		set_err(err, errlen, "no credentials parameters");
+		return NULL;
+	}
+	struct creds *c = calloc(1, sizeof(*c));
+	if (c == NULL) {
+		set_err(err, errlen, "out of memory");
+		return NULL;
+	}
+	atomic_init(&c->refs, 1);
+
+	if ((rc = gnutls_certificate_allocate_credentials(&c->cert)) < 0) {
+		c->cert = NULL;
+		set_err(err, errlen, "cannot allocate credentials: %s", gnutls_strerror(rc));
+		goto fail;
+	}
+	if (params->n_pairs == 0) {
+		if (!load_self_signed(c->cert, params->server_name, err, errlen))
+			goto fail;
+		made_self_signed = true;
+	}
+	for (size_t i = 0; i < params->n_pairs; i++)
+		if (!load_pair(c->cert, &params->pairs[i], err, errlen))
+			goto fail;
+	/* RFC 7919 groups for DHE-RSA with TLS 1.2 clients that want it; the
+	 * priority string decides whether DHE is offered at all. */
+	if ((rc = gnutls_certificate_set_known_dh_params(c->cert, GNUTLS_SEC_PARAM_MEDIUM)) < 0) {
+		set_err(err, errlen, "cannot set DH parameters: %s", gnutls_strerror(rc));
+		goto fail;
+	}
+	if (!load_priority(c, params->priority, err, errlen))
+		goto fail;
+	if ((rc = gnutls_session_ticket_key_generate(&c->ticket_key)) < 0) {
+		c->ticket_key.data = NULL;
+		set_err(err, errlen, "cannot make a session ticket key: %s", gnutls_strerror(rc));
+		goto fail;
+	}
+	if (self_signed)
+		*self_signed = made_self_signed;
+	return c;
+
+fail:
+	creds_free(c);
+	return NULL;
+}
+
+void creds_ref(struct creds *c)
+{
+	if (c)
+		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+}
+
+void creds_unref(struct creds *c)
+{
+	if (c == NULL)
+		return;
+	unsigned n = atomic_load_explicit(&c->refs, memory_order_relaxed);
+	do {
+		assert(n > 0 && "creds_unref on a dead generation");
+		if (n == 0)
+			return; /* never below zero */
+	} while (!atomic_compare_exchange_weak_explicit(&c->refs, &n, n - 1, memory_order_acq_rel,
+							memory_order_relaxed));
+	if (n == 1)
+		creds_free(c);
+}
+
+int creds_server_session(struct creds *c, gnutls_session_t *session)
+{
+	gnutls_session_t s = NULL;
+	int rc;
+
+	*session = NULL;
+	if ((rc = gnutls_init(&s, GNUTLS_SERVER | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL)) < 0)
+		return rc;
+	if ((rc = gnutls_priority_set(s, c->priority)) < 0)
+		goto fail;
+	if ((rc = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, c->cert)) < 0)
+		goto fail;
+	if ((rc = gnutls_session_ticket_enable_server(s, &c->ticket_key)) < 0)
+		goto fail;
+	gnutls_certificate_server_set_request(s, GNUTLS_CERT_IGNORE);
+	/* SPEC §5 / §7.7: "smtp" is selected when offered; GNUTLS_ALPN_MANDATORY
+	 * fails the handshake with GNUTLS_E_NO_APPLICATION_PROTOCOL when the
+	 * client's ALPN list lacks it, and leaves alone a client that sends no
+	 * ALPN extension at all (checked by test_credentials.c). */
+	if ((rc = gnutls_alpn_set_protocols(s, &alpn_smtp, 1, GNUTLS_ALPN_MANDATORY)) < 0)
+		goto fail;
+	/* TLS 1.2 renegotiation: the caller treats GNUTLS_E_REHANDSHAKE from
+	 * gnutls_record_recv() as a refusal (SPEC §5); nothing to set here. */
+	*session = s;
+	return 0;
+
+fail:
+	gnutls_deinit(s);
+	return rc;
+}
+
+int creds_fingerprint(struct creds *c, char *out, size_t outlen)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	gnutls_datum_t der;
+	unsigned char md[32];
+	size_t md_size = sizeof(md);
+
+	if (c == NULL || out == NULL || outlen == 0)
+		return -1;
+	out[0] = '\0';
+	if (gnutls_certificate_get_crt_raw(c->cert, 0, 0, &der) < 0)
+		return -1;
+	if (gnutls_fingerprint(GNUTLS_DIG_SHA256, &der, md, &md_size) < 0)
+		return -1;
+	if (outlen < md_size * 3)
+		return -1;
+	for (size_t i = 0; i < md_size; i++) {
+		out[i * 3] = hex[md[i] >> 4];
+		out[i * 3 + 1] = hex[md[i] & 0xf];
+		out[i * 3 + 2] = i + 1 < md_size ? ':' : '\0';
+	}
+	return 0;
+}

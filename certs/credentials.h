@@ -1,0 +1,52 @@
+/* credentials.h — GnuTLS server credentials as one refcounted generation.
+ *
+ * A generation holds the certificate credentials (one or more cert/key pairs,
+ * or the in-memory self-signed default of SPEC §5), the priority cache and the
+ * TLS 1.3 session ticket key. Sessions take a reference when they start and
+ * drop it when they end; a reload (SIGHUP) builds a whole new generation and
+ * the old one dies with its last session.
+ *
+ * Never includes libuv or policy/: the caller passes plain values. Never logs:
+ * errors come back as text in a caller's buffer.
+ */
+#ifndef TLSFRONT_CERTS_CREDENTIALS_H
+#define TLSFRONT_CERTS_CREDENTIALS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <gnutls/gnutls.h>
+
+struct creds_pair {
+	const char *cert_file; /* PEM */
+	const char *key_file;  /* PEM */
+};
+
+struct creds_params {
+	const struct creds_pair *pairs; /* may be NULL when n_pairs == 0 */
+	size_t n_pairs;                 /* 0: make a self-signed certificate */
+	const char *server_name;        /* CN and DNS SAN of the self-signed one */
+	const char *priority;           /* GnuTLS priority string */
+};
+
+struct creds; /* opaque */
+
+/* Builds a generation with a reference count of 1 (the caller's). On error
+ * returns NULL and writes a message naming the file or the GnuTLS error into
+ * err. *self_signed is set when the default certificate was made. */
+struct creds *creds_new(const struct creds_params *params, bool *self_signed, char *err,
+			size_t errlen);
+
+void creds_ref(struct creds *c);   /* thread-safe */
+void creds_unref(struct creds *c); /* thread-safe; frees at zero; NULL is a no-op */
+
+/* Prepares a new server session with these credentials: certificate
+ * credentials, priorities, session tickets, ALPN "smtp" (SPEC §5 ALPN rule),
+ * renegotiation refused. Returns 0 or a negative GnuTLS error code. The
+ * caller owns *session and sets its transport functions. */
+int creds_server_session(struct creds *c, gnutls_session_t *session);
+
+/* Writes the SHA-256 fingerprint of the first certificate, as hex with colons,
+ * into out (for the start-up log line). Returns 0 or -1. */
+int creds_fingerprint(struct creds *c, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,112 @@
+/* config.h — the configuration model of SPEC §2 and its loader.
+ *
+ * Pure data plus the libconfig reader. Never includes libuv, GnuTLS or socket
+ * headers, and never logs: errors are returned as "FILE:LINE: message" in a
+ * caller's buffer, and the caller decides what to do with them.
+ *
+ * Ownership: every string in a struct tf_config is owned by that struct and
+ * released by config_free(); a struct from config_defaults() owns nothing
+ * but its fixed arrays until config_load() fills it.
+ */
+#ifndef TLSFRONT_POLICY_CONFIG_H
+#define TLSFRONT_POLICY_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define TF_CONFIG_DEFAULT_PATH "/etc/tlsfront/tlsfront.conf"
+#define TF_MAX_LISTEN 16 /* addresses per listener */
+#define TF_MAX_CERTS 16  /* cert/key pairs in tls.certificates */
+
+enum tf_log_level { TF_LOG_ERROR = 0, TF_LOG_WARN, TF_LOG_INFO, TF_LOG_DEBUG };
+
+enum tf_bare_newlines { TF_BARE_SANITIZE = 0, TF_BARE_REJECT };
+
+enum tf_client_info { TF_CLIENT_INFO_NONE = 0, TF_CLIENT_INFO_XCLIENT, TF_CLIENT_INFO_PROXY_V1,
+		      TF_CLIENT_INFO_PROXY_V2 };
+
+enum tf_outbound_tls { TF_OUT_TLS_NONE = 0, TF_OUT_TLS_NEGOTIATED, TF_OUT_TLS_REQUIRED,
+		       TF_OUT_TLS_VERIFY };
+
+struct tf_cert_pair {
+	char *cert; /* PEM file path, owned */
+	char *key;  /* PEM file path, owned */
+};
+
+struct tf_listener_config {
+	bool enabled;
+	char *listen[TF_MAX_LISTEN]; /* "host:port" / "[v6]:port", owned */
+	size_t n_listen;
+	bool starttls;          /* tcp only */
+	bool require_tls;       /* tcp only */
+	bool name_and_password; /* AUTH rule, SPEC §3.6 */
+	bool proxy_protocol;
+};
+
+struct tf_config {
+	char *path;        /* the file this came from, owned; NULL for defaults */
+	char *server_name; /* owned; default gethostname() */
+	unsigned workers;  /* 0 = one per CPU */
+
+	struct {
+		char *address; /* "host:port", "[v6]:port" or "unix:/path", owned */
+		unsigned connect_timeout;
+		enum tf_client_info client_info;
+	} backend;
+
+	struct {
+		struct tf_cert_pair certs[TF_MAX_CERTS];
+		size_t n_certs; /* 0: self-signed default (SPEC §5) */
+		char *priority; /* GnuTLS priority string, owned */
+		unsigned handshake_timeout;
+	} tls;
+
+	struct {
+		struct tf_listener_config tcp;
+		struct tf_listener_config tls;
+	} inbound;
+
+	struct {
+		bool enabled;
+		char *listen[TF_MAX_LISTEN];
+		size_t n_listen;
+		char *next_hop; /* owned */
+		enum tf_outbound_tls tls;
+		char *ca_file; /* owned */
+		unsigned connect_timeout;
+	} outbound;
+
+	struct {
+		unsigned max_connections;
+		unsigned max_connections_per_ip;
+		unsigned idle_timeout;
+		unsigned line_length;
+		unsigned max_errors;
+		unsigned shutdown_timeout;
+	} limits;
+
+	enum tf_bare_newlines bare_newlines;
+	enum tf_log_level log_level;
+	char *user; /* owned; "" = do not drop privileges */
+};
+
+/* Fills cfg with the defaults of SPEC §2 (strings allocated; free with
+ * config_free). Returns 0, or -1 when out of memory. */
+int config_defaults(struct tf_config *cfg);
+
+/* Reads FILE into cfg (which it initialises itself). On error returns -1,
+ * leaves cfg holding nothing to free, and writes "FILE:LINE: message" (or
+ * "FILE: message" when there is no line) into err. */
+int config_load(const char *path, struct tf_config *cfg, char *err, size_t errlen);
+
+/* Releases every string cfg owns; cfg may then be reused. Safe on a zeroed
+ * struct. */
+void config_free(struct tf_config *cfg);
+
+/* Splits "host:port", "[v6]:port" into host (brackets removed) and port.
+ * Returns 0, or -1 when the text is not of that form or port is not 1-65535. */
+int config_split_hostport(const char *text, char *host, size_t hostlen, unsigned *port);
+
+const char *config_log_level_name(enum tf_log_level level);
+
+#endif

@@ -1,0 +1,315 @@
+/* main.c — tlsfront's entry point: options, configuration, credentials,
+ * listening sockets, worker threads and signals (SPEC §6).
+ *
+ * Everything that can fail for a bad configuration fails here, before any
+ * socket is bound or any thread started. The main thread then only waits for
+ * signals; the workers serve. Never makes SMTP decisions.
+ */
+#include <errno.h>
+#include <gnutls/gnutls.h>
+#include <libconfig.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "certs/credentials.h"
+#include "policy/config.h"
+#include "proxy/address.h"
+#include "proxy/listener.h"
+#include "proxy/log.h"
+#include "proxy/worker.h"
+
+struct bound {
+	struct tf_addr addr;
+	enum listener_kind kind;
+	int *fds; /* one per worker */
+};
+
+struct runtime {
+	struct tf_config cfg;
+	struct app app;
+	struct worker *workers;
+	unsigned n_workers;
+	struct bound *bound;
+	size_t n_bound;
+	uv_signal_t sig_term, sig_int, sig_hup;
+	bool stopping;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: tlsfront [-c FILE] [-t] [-V] [-h]\n"
+		   "  -c FILE  configuration file (default " TF_CONFIG_DEFAULT_PATH ")\n"
+		   "  -t       check the configuration (certificates included) and exit\n"
+		   "  -V       print the versions of tlsfront, GnuTLS, libuv and libconfig\n"
+		   "  -h       this help\n");
+}
+
+static void print_versions(void)
+{
+	printf("tlsfront %s\n", TLSFRONT_VERSION);
+	printf("gnutls %s\n", gnutls_check_version(NULL));
+	printf("libuv %s\n", uv_version_string());
+	printf("libconfig %d.%d.%d\n", LIBCONFIG_VER_MAJOR, LIBCONFIG_VER_MINOR,
+	       LIBCONFIG_VER_REVISION);
+}
+
+static struct creds *load_creds(const struct tf_config *cfg, bool *self_signed, char *err,
+				size_t errlen)
+{
+	struct creds_pair pairs[TF_MAX_CERTS];
+	for (size_t i = 0; i < cfg->tls.n_certs; i++) {
+		pairs[i].cert_file = cfg->tls.certs[i].cert;
+		pairs[i].key_file = cfg->tls.certs[i].key;
+	}
+	struct creds_params p = {
+	    .pairs = pairs,
+	    .n_pairs = cfg->tls.n_certs,
+	    .server_name = cfg->server_name,
+	    .priority = cfg->tls.priority,
+	};
+	return creds_new(&p, self_signed, err, errlen);
+}
+
+static int add_listeners(struct runtime *rt, const struct tf_listener_config *lc,
+			 enum listener_kind kind, char *err, size_t errlen)
+{
+	if (!lc->enabled)
+		return 0;
+	for (size_t i = 0; i < lc->n_listen; i++) {
+		struct bound *b = &rt->bound[rt->n_bound];
+		b->kind = kind;
+		if (address_resolve(lc->listen[i], true, &b->addr, err, errlen) < 0)
+			return -1;
+		b->fds = calloc(rt->n_workers, sizeof(int));
+		if (!b->fds) {
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		rt->n_bound++;
+		for (unsigned w = 0; w < rt->n_workers; w++)
+			b->fds[w] = -1;
+		for (unsigned w = 0; w < rt->n_workers; w++) {
+			b->fds[w] = listener_bind(&b->addr, err, errlen);
+			if (b->fds[w] < 0)
+				return -1;
+			if (w == 0 && address_port((struct sockaddr *)&b->addr.ss) == 0) {
+				/* Port 0: every worker shares the port the
+				 * kernel chose for the first socket. */
+				socklen_t len = sizeof(b->addr.ss);
+				getsockname(b->fds[0], (struct sockaddr *)&b->addr.ss, &len);
+			}
+		}
+		char text[80];
+		address_format((struct sockaddr *)&b->addr.ss, text, sizeof(text));
+		log_msg(TF_LOG_INFO, "event=listening listener=%s address=%s workers=%u",
+			kind == LISTENER_TLS ? "tls" : "tcp", text, rt->n_workers);
+	}
+	return 0;
+}
+
+static void close_bound(struct runtime *rt)
+{
+	for (size_t i = 0; i < rt->n_bound; i++) {
+		for (unsigned w = 0; w < rt->n_workers && rt->bound[i].fds; w++)
+			if (rt->bound[i].fds[w] >= 0)
+				close(rt->bound[i].fds[w]);
+		free(rt->bound[i].fds);
+	}
+	free(rt->bound);
+	rt->bound = NULL;
+	rt->n_bound = 0;
+}
+
+static void signal_cb(uv_signal_t *h, int signum)
+{
+	struct runtime *rt = h->data;
+	if (signum == SIGHUP) {
+		log_msg(TF_LOG_WARN, "event=reload status=ignored note=\"reload on SIGHUP is not "
+				     "supported yet; restart to apply changes\"");
+		return;
+	}
+	if (rt->stopping)
+		return;
+	rt->stopping = true;
+	log_msg(TF_LOG_INFO, "event=stopping signal=%s", signum == SIGTERM ? "TERM" : "INT");
+	for (unsigned i = 0; i < rt->n_workers; i++)
+		worker_stop(&rt->workers[i]);
+	uv_close((uv_handle_t *)&rt->sig_term, NULL);
+	uv_close((uv_handle_t *)&rt->sig_int, NULL);
+	uv_close((uv_handle_t *)&rt->sig_hup, NULL);
+}
+
+static unsigned worker_count(const struct tf_config *cfg)
+{
+	if (cfg->workers)
+		return cfg->workers;
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n > 0 ? (unsigned)n : 1;
+}
+
+static int run(struct runtime *rt)
+{
+	char err[512];
+	struct tf_config *cfg = &rt->cfg;
+	bool self_signed = false;
+
+	rt->app.cfg = cfg;
+	rt->app.creds = load_creds(cfg, &self_signed, err, sizeof(err));
+	if (!rt->app.creds) {
+		log_msg(TF_LOG_ERROR, "event=config_error error=\"%s\"", err);
+		return 1;
+	}
+	if (self_signed)
+		log_msg(TF_LOG_WARN,
+			"event=self_signed_certificate server_name=%s note=\"tls.certificates is "
+			"not set: serving an in-memory self-signed certificate\"",
+			cfg->server_name);
+	if (address_resolve(cfg->backend.address, false, &rt->app.backend, err, sizeof(err)) < 0) {
+		log_msg(TF_LOG_ERROR, "event=config_error error=\"backend.address: %s\"", err);
+		return 1;
+	}
+
+	rt->n_workers = worker_count(cfg);
+	rt->bound = calloc(2 * TF_MAX_LISTEN, sizeof(*rt->bound));
+	if (!rt->bound)
+		return 1;
+	if (add_listeners(rt, &cfg->inbound.tcp, LISTENER_TCP, err, sizeof(err)) < 0 ||
+	    add_listeners(rt, &cfg->inbound.tls, LISTENER_TLS, err, sizeof(err)) < 0) {
+		log_msg(TF_LOG_ERROR, "event=listen_error error=\"%s\"", err);
+		return 1;
+	}
+
+	rt->workers = calloc(rt->n_workers, sizeof(*rt->workers));
+	if (!rt->workers)
+		return 1;
+	int *fds = calloc(rt->n_bound ? rt->n_bound : 1, sizeof(int));
+	enum listener_kind *kinds = calloc(rt->n_bound ? rt->n_bound : 1, sizeof(*kinds));
+	if (!fds || !kinds) {
+		free(fds);
+		free(kinds);
+		return 1;
+	}
+
+	uv_loop_t *loop = uv_default_loop();
+	uv_signal_init(loop, &rt->sig_term);
+	uv_signal_init(loop, &rt->sig_int);
+	uv_signal_init(loop, &rt->sig_hup);
+	rt->sig_term.data = rt->sig_int.data = rt->sig_hup.data = rt;
+	uv_signal_start(&rt->sig_term, signal_cb, SIGTERM);
+	uv_signal_start(&rt->sig_int, signal_cb, SIGINT);
+	uv_signal_start(&rt->sig_hup, signal_cb, SIGHUP);
+
+	unsigned started = 0;
+	int rc = 0;
+	for (unsigned w = 0; w < rt->n_workers; w++) {
+		for (size_t i = 0; i < rt->n_bound; i++) {
+			fds[i] = rt->bound[i].fds[w];
+			kinds[i] = rt->bound[i].kind;
+			rt->bound[i].fds[w] = -1; /* the worker owns it now */
+		}
+		rc = worker_start(&rt->workers[w], w, &rt->app, fds, kinds, rt->n_bound);
+		if (rc < 0) {
+			log_msg(TF_LOG_ERROR, "event=worker_error worker=%u error=\"%s\"", w,
+				uv_strerror(rc));
+			break;
+		}
+		started++;
+	}
+	free(fds);
+	free(kinds);
+
+	if (started == rt->n_workers) {
+		char fp[128] = "";
+		creds_fingerprint(rt->app.creds, fp, sizeof(fp));
+		log_msg(TF_LOG_INFO,
+			"event=started version=%s workers=%u backend=%s server_name=%s "
+			"certificate_sha256=%s",
+			TLSFRONT_VERSION, rt->n_workers, cfg->backend.address, cfg->server_name,
+			fp);
+		uv_run(loop, UV_RUN_DEFAULT);
+	} else {
+		for (unsigned i = 0; i < started; i++)
+			worker_stop(&rt->workers[i]);
+		uv_close((uv_handle_t *)&rt->sig_term, NULL);
+		uv_close((uv_handle_t *)&rt->sig_int, NULL);
+		uv_close((uv_handle_t *)&rt->sig_hup, NULL);
+		uv_run(loop, UV_RUN_DEFAULT);
+	}
+	for (unsigned i = 0; i < started; i++)
+		worker_join(&rt->workers[i]);
+	uv_loop_close(loop);
+	if (started == rt->n_workers)
+		log_msg(TF_LOG_INFO, "event=stopped");
+	return started == rt->n_workers ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+	const char *path = TF_CONFIG_DEFAULT_PATH;
+	bool check_only = false;
+	int opt;
+	while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+		switch (opt) {
+		case 'c':
+			path = optarg;
+			break;
+		case 't':
+			check_only = true;
+			break;
+		case 'V':
+			print_versions();
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 1;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 1;
+	}
+	signal(SIGPIPE, SIG_IGN);
+
+	struct runtime rt;
+	memset(&rt, 0, sizeof(rt));
+	char err[1024];
+	if (config_load(path, &rt.cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	log_set_level(rt.cfg.log_level);
+
+	int rc;
+	if (check_only) {
+		bool self_signed;
+		struct creds *c = load_creds(&rt.cfg, &self_signed, err, sizeof(err));
+		struct tf_addr a;
+		if (!c) {
+			fprintf(stderr, "%s: %s\n", path, err);
+			rc = 1;
+		} else if (address_resolve(rt.cfg.backend.address, false, &a, err, sizeof(err)) <
+			   0) {
+			fprintf(stderr, "%s: backend.address: %s\n", path, err);
+			rc = 1;
+		} else {
+			printf("%s: configuration OK\n", path);
+			rc = 0;
+		}
+		creds_unref(c);
+	} else {
+		rc = run(&rt);
+	}
+	close_bound(&rt);
+	free(rt.workers);
+	creds_unref(rt.app.creds);
+	config_free(&rt.cfg);
+	return rc;
+}

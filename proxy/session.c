@@ -1,0 +1,594 @@
+/* session.c — an inbound session: two endpoints, one timer, one machine.
+ *
+ * Every event (a read, a write completion, a connect, the timer) feeds the
+ * SMTP machine or the TLS glue and then calls session_step(), the one place
+ * that carries out the machine's actions and decides which side to read
+ * (STYLE.md point 4). Backpressure: a side is not read while more than
+ * SESSION_MAX_IN_FLIGHT bytes wait to be written to the other side.
+ *
+ * Never makes an SMTP decision: replies and their wording come from the
+ * machine. Never frees a session outside the last close callback.
+ */
+#include "proxy/session.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+
+#include "proxy/log.h"
+
+#define SESSION_MAX_IN_FLIGHT (256 * 1024)
+#define SESSION_LINGER_MS     10000 /* how long a closing client may take to drain */
+
+static atomic_ulong session_counter;
+
+struct write_req {
+	uv_write_t req;
+	struct session *s;
+	char *data;
+};
+
+static void session_step(struct session *s);
+static void pump_tls(struct session *s);
+
+static uv_stream_t *client_stream(struct session *s)
+{
+	return (uv_stream_t *)&s->client;
+}
+
+static uv_stream_t *backend_stream(struct session *s)
+{
+	return (uv_stream_t *)&s->backend;
+}
+
+/* ---- closing ----------------------------------------------------------- */
+
+static void free_session(struct session *s)
+{
+	struct worker *w = s->worker;
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		w->sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	smtp_machine_free(&s->machine);
+	if (s->tls) {
+		tls_io_free(s->tls);
+		free(s->tls);
+	}
+	creds_unref(s->creds);
+	free(s);
+	worker_session_ended(w);
+}
+
+static void handle_closed_cb(uv_handle_t *h)
+{
+	struct session *s = h->data;
+	if (--s->open_handles == 0)
+		free_session(s);
+}
+
+static void close_handle(uv_handle_t *h)
+{
+	if (!uv_is_closing(h))
+		uv_close(h, handle_closed_cb);
+}
+
+static void log_summary(struct session *s)
+{
+	char sni[300] = "none", sni_value[310];
+	if (s->tls)
+		tls_io_sni(s->tls, sni, sizeof(sni));
+	double duration = (double)(uv_now(&s->worker->loop) - s->start_ms) / 1000.0;
+	log_msg(TF_LOG_INFO,
+		"event=session id=%s listener=%s client=%s tls=%s cipher=%s sni=%s user=none "
+		"auth=%s messages=%u bytes_in=%llu bytes_out=%llu duration=%.3f reason=%s",
+		s->id, s->kind == LISTENER_TLS ? "tls" : "tcp", s->client_addr,
+		tls_io_version(s->tls), tls_io_cipher(s->tls),
+		log_value(sni_value, sizeof(sni_value), sni),
+		s->machine.authenticated ? "yes" : "no", s->machine.messages,
+		(unsigned long long)s->bytes_in, (unsigned long long)s->bytes_out, duration,
+		smtp_close_reason_name(s->reason));
+}
+
+static void client_shutdown_cb(uv_shutdown_t *req, int status)
+{
+	struct session *s = req->data;
+	close_handle((uv_handle_t *)&s->client);
+	close_handle((uv_handle_t *)&s->timer);
+}
+
+/* A closing client that does not take what we wrote is closed anyway. */
+static void linger_cb(uv_timer_t *t)
+{
+	struct session *s = t->data;
+	close_handle((uv_handle_t *)&s->client);
+	close_handle((uv_handle_t *)&s->timer);
+}
+
+static void write_to(struct session *s, uv_stream_t *st, char *data, size_t len);
+
+void session_close(struct session *s, enum smtp_close_reason reason)
+{
+	if (s->closing)
+		return;
+	s->closing = true;
+	s->reason = reason;
+	log_summary(s);
+
+	close_handle((uv_handle_t *)&s->backend);
+	if (uv_is_closing((uv_handle_t *)&s->client)) {
+		close_handle((uv_handle_t *)&s->timer);
+		return;
+	}
+	uv_read_stop(client_stream(s));
+	if (s->tls && s->tls->established) {
+		tls_io_bye(s->tls);
+		size_t len;
+		char *data = buf_take(&s->tls->out, &len);
+		write_to(s, client_stream(s), data, len);
+	}
+	/* Let what was written (a 421, a 221) reach the client, then close;
+	 * the timer bounds how long a client that does not read can hold us. */
+	s->shutdown_req.data = s;
+	if (reason == CLOSE_CLIENT_CLOSED ||
+	    uv_shutdown(&s->shutdown_req, client_stream(s), client_shutdown_cb) != 0) {
+		close_handle((uv_handle_t *)&s->client);
+		close_handle((uv_handle_t *)&s->timer);
+		return;
+	}
+	uv_timer_start(&s->timer, linger_cb, SESSION_LINGER_MS, 0);
+}
+
+void session_shutdown(struct session *s)
+{
+	if (s->closing)
+		return;
+	smtp_machine_shutdown(&s->machine);
+	session_step(s);
+}
+
+/* ---- writing ----------------------------------------------------------- */
+
+static void write_cb(uv_write_t *req, int status)
+{
+	struct write_req *wr = (struct write_req *)req;
+	struct session *s = wr->s;
+	bool to_client = req->handle == client_stream(s);
+	free(wr->data);
+	free(wr);
+	if (s->closing)
+		return;
+	if (status < 0) {
+		if (to_client) {
+			session_close(s, CLOSE_CLIENT_CLOSED);
+		} else {
+			s->backend_gone = true;
+			smtp_machine_backend_closed(&s->machine);
+		}
+	}
+	session_step(s);
+}
+
+/* Takes ownership of data (malloc'd). */
+static void write_to(struct session *s, uv_stream_t *st, char *data, size_t len)
+{
+	if (!len) {
+		free(data);
+		return;
+	}
+	struct write_req *wr = malloc(sizeof(*wr));
+	if (!wr) {
+		free(data);
+		session_close(s, CLOSE_ERROR);
+		return;
+	}
+	wr->s = s;
+	wr->data = data;
+	uv_buf_t b = uv_buf_init(data, (unsigned)len);
+	if (uv_write(&wr->req, st, &b, 1, write_cb) != 0) {
+		free(data);
+		free(wr);
+		if (st == client_stream(s)) {
+			session_close(s, CLOSE_CLIENT_CLOSED);
+		} else {
+			s->backend_gone = true;
+			smtp_machine_backend_closed(&s->machine);
+		}
+	}
+}
+
+/* Plaintext for the client: through TLS when the session has it. */
+static void send_client(struct session *s, char *data, size_t len)
+{
+	s->bytes_out += len;
+	if (!s->tls) {
+		write_to(s, client_stream(s), data, len);
+		return;
+	}
+	if (!s->tls->established) {
+		free(data); /* nothing plaintext may cross a TLS handshake */
+		return;
+	}
+	int rc = tls_io_send(s->tls, data, len);
+	free(data);
+	if (rc != TLSIO_OK) {
+		log_msg(TF_LOG_WARN, "event=tls_error id=%s error=\"%s\"", s->id, s->tls->error);
+		session_close(s, CLOSE_TLS_ERROR);
+		return;
+	}
+	char *enc = buf_take(&s->tls->out, &len);
+	write_to(s, client_stream(s), enc, len);
+}
+
+/* ---- timer ------------------------------------------------------------- */
+
+static void timer_cb(uv_timer_t *t)
+{
+	struct session *s = t->data;
+	if (s->closing)
+		return;
+	if (!s->backend_connected) {
+		log_msg(TF_LOG_WARN, "event=backend_timeout id=%s backend=%s", s->id,
+			s->worker->app->backend.text);
+		smtp_machine_backend_unavailable(&s->machine);
+	} else if (s->handshaking) {
+		log_msg(TF_LOG_INFO, "event=tls_timeout id=%s", s->id);
+		session_close(s, CLOSE_TIMEOUT);
+		return;
+	} else {
+		smtp_machine_timeout(&s->machine);
+	}
+	session_step(s);
+}
+
+static void arm_timer(struct session *s, unsigned seconds)
+{
+	uv_timer_start(&s->timer, timer_cb, (uint64_t)seconds * 1000, 0);
+}
+
+/* ---- TLS --------------------------------------------------------------- */
+
+static void flush_tls(struct session *s)
+{
+	size_t len;
+	char *data = buf_take(&s->tls->out, &len);
+	write_to(s, client_stream(s), data, len);
+}
+
+static void begin_tls(struct session *s)
+{
+	s->tls = calloc(1, sizeof(*s->tls));
+	if (!s->tls || tls_io_init(s->tls, s->creds) != TLSIO_OK) {
+		log_msg(TF_LOG_ERROR, "event=tls_error id=%s error=\"cannot start TLS: %s\"", s->id,
+			s->tls ? s->tls->error : "out of memory");
+		session_close(s, CLOSE_TLS_ERROR);
+		return;
+	}
+	s->handshaking = true;
+	arm_timer(s, s->worker->app->cfg->tls.handshake_timeout);
+}
+
+static void do_handshake(struct session *s)
+{
+	int rc = tls_io_handshake(s->tls);
+	flush_tls(s);
+	if (s->closing)
+		return;
+	if (rc == TLSIO_AGAIN)
+		return;
+	if (rc == TLSIO_ERROR) {
+		log_msg(TF_LOG_INFO, "event=tls_error id=%s client=%s error=\"%s\"", s->id,
+			s->client_addr, s->tls->error);
+		session_close(s, CLOSE_TLS_ERROR);
+		return;
+	}
+	s->handshaking = false;
+	char sni[300] = "none", sni_value[310];
+	tls_io_sni(s->tls, sni, sizeof(sni));
+	log_msg(TF_LOG_INFO, "event=tls id=%s tls=%s cipher=%s sni=%s", s->id,
+		tls_io_version(s->tls), tls_io_cipher(s->tls),
+		log_value(sni_value, sizeof(sni_value), sni));
+	arm_timer(s, s->worker->app->cfg->limits.idle_timeout);
+	smtp_machine_tls_established(&s->machine);
+	session_step(s);
+	pump_tls(s);
+}
+
+static bool backend_backlogged(struct session *s)
+{
+	return s->backend_connected && !s->backend_gone &&
+	       uv_stream_get_write_queue_size(backend_stream(s)) > SESSION_MAX_IN_FLIGHT;
+}
+
+static bool client_wanted(struct session *s)
+{
+	if (s->closing)
+		return false;
+	if (s->handshaking)
+		return true;
+	return smtp_machine_wants_client_input(&s->machine) && !backend_backlogged(s);
+}
+
+/* Decrypts what is waiting, feeding the machine, while it wants input. */
+static void pump_tls(struct session *s)
+{
+	struct worker *w = s->worker;
+	if (s->pumping)
+		return;
+	s->pumping = true;
+	while (s->tls && s->tls->established && client_wanted(s)) {
+		ssize_t n = tls_io_recv(s->tls, w->plain_buf, sizeof(w->plain_buf));
+		if (n == TLSIO_AGAIN)
+			break;
+		if (s->tls->renegotiation_refused) {
+			s->tls->renegotiation_refused = false;
+			log_msg(TF_LOG_INFO, "event=tls_renegotiation_refused id=%s", s->id);
+			flush_tls(s);
+		}
+		if (n == TLSIO_EOF) {
+			session_close(s, CLOSE_CLIENT_CLOSED);
+			break;
+		}
+		if (n == TLSIO_ERROR) {
+			log_msg(TF_LOG_INFO, "event=tls_error id=%s error=\"%s\"", s->id,
+				s->tls->error);
+			session_close(s, CLOSE_TLS_ERROR);
+			break;
+		}
+		if (n > 0) {
+			s->bytes_in += (uint64_t)n;
+			smtp_machine_feed_client(&s->machine, w->plain_buf, (size_t)n);
+			session_step(s);
+		}
+	}
+	s->pumping = false;
+}
+
+/* ---- reading ----------------------------------------------------------- */
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+	struct session *s = h->data;
+	*b = uv_buf_init(s->worker->read_buf, sizeof(s->worker->read_buf));
+}
+
+static void client_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+	struct session *s = st->data;
+	if (s->closing || nread == 0)
+		return;
+	if (nread < 0) {
+		session_close(s, s->handshaking ? CLOSE_TLS_ERROR : CLOSE_CLIENT_CLOSED);
+		return;
+	}
+	if (!s->tls) {
+		s->bytes_in += (uint64_t)nread;
+		smtp_machine_feed_client(&s->machine, b->base, (size_t)nread);
+		session_step(s);
+		return;
+	}
+	if (!tls_io_feed(s->tls, b->base, (size_t)nread)) {
+		session_close(s, CLOSE_ERROR);
+		return;
+	}
+	if (s->handshaking)
+		do_handshake(s);
+	else
+		pump_tls(s);
+	session_step(s);
+}
+
+static void backend_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+	struct session *s = st->data;
+	if (s->closing || nread == 0)
+		return;
+	if (nread < 0) {
+		s->backend_gone = true;
+		close_handle((uv_handle_t *)&s->backend);
+		smtp_machine_backend_closed(&s->machine);
+	} else {
+		smtp_machine_feed_backend(&s->machine, b->base, (size_t)nread);
+	}
+	session_step(s);
+}
+
+static void set_reading(struct session *s, uv_stream_t *st, bool *reading, bool want, uv_read_cb cb)
+{
+	if (want == *reading)
+		return;
+	if (want)
+		uv_read_start(st, alloc_cb, cb);
+	else
+		uv_read_stop(st);
+	*reading = want;
+}
+
+static void update_reads(struct session *s)
+{
+	bool want_client = client_wanted(s);
+	bool want_backend =
+	    !s->closing && s->backend_connected && !s->backend_gone &&
+	    uv_stream_get_write_queue_size(client_stream(s)) <= SESSION_MAX_IN_FLIGHT;
+	set_reading(s, client_stream(s), &s->client_reading, want_client, client_read_cb);
+	set_reading(s, backend_stream(s), &s->backend_reading, want_backend, backend_read_cb);
+}
+
+/* ---- the strategy step ------------------------------------------------- */
+
+static void session_step(struct session *s)
+{
+	if (s->closing)
+		return;
+	struct smtp_actions *a = &s->machine.act;
+	size_t len;
+	char *data;
+
+	if (a->drop_backend && !s->backend_gone) {
+		s->backend_gone = true;
+		close_handle((uv_handle_t *)&s->backend);
+		log_msg(TF_LOG_INFO, "event=backend_dropped id=%s", s->id);
+	}
+	data = buf_take(&a->to_backend, &len);
+	if (s->backend_connected && !s->backend_gone)
+		write_to(s, backend_stream(s), data, len);
+	else
+		free(data);
+	data = buf_take(&a->to_client, &len);
+	if (len)
+		send_client(s, data, len);
+	else
+		free(data);
+	if (s->closing)
+		return;
+
+	if (a->discarded)
+		log_msg(TF_LOG_WARN,
+			"event=starttls_injection id=%s client=%s discarded=%zu "
+			"note=\"plaintext after STARTTLS dropped\"",
+			s->id, s->client_addr, a->discarded);
+	if (a->note)
+		log_msg(TF_LOG_INFO, "event=note id=%s note=\"%s\"", s->id, a->note);
+	if (a->progress && !s->handshaking && s->backend_connected)
+		arm_timer(s, s->worker->app->cfg->limits.idle_timeout);
+	bool start_tls = a->start_tls;
+	bool close = a->close;
+	enum smtp_close_reason reason = a->reason;
+	smtp_machine_clear_actions(&s->machine);
+
+	if (close) {
+		session_close(s, reason);
+		return;
+	}
+	if (start_tls)
+		begin_tls(s);
+	update_reads(s);
+	/* Records GnuTLS already holds get no socket event: drain them. */
+	if (s->tls && s->tls->established && client_wanted(s) && tls_io_pending(s->tls))
+		pump_tls(s);
+}
+
+/* ---- start ------------------------------------------------------------- */
+
+static void connect_cb(uv_connect_t *req, int status)
+{
+	struct session *s = req->data;
+	if (status == UV_ECANCELED || s->closing)
+		return;
+	if (status < 0) {
+		log_msg(TF_LOG_WARN, "event=backend_unavailable id=%s backend=%s error=\"%s\"",
+			s->id, s->worker->app->backend.text, uv_strerror(status));
+		s->backend_gone = true;
+		smtp_machine_backend_unavailable(&s->machine);
+		session_step(s);
+		return;
+	}
+	s->backend_connected = true;
+	if (!s->worker->app->backend.is_unix)
+		uv_tcp_nodelay(&s->backend.tcp, 1);
+	arm_timer(s, s->worker->app->cfg->limits.idle_timeout);
+	session_step(s);
+}
+
+static int backend_connect(struct session *s)
+{
+	const struct tf_addr *a = &s->worker->app->backend;
+	uv_loop_t *loop = &s->worker->loop;
+	s->connect_req.data = s;
+	if (a->is_unix) {
+		uv_pipe_init(loop, &s->backend.pipe, 0);
+		s->backend.pipe.data = s;
+		s->open_handles++;
+		uv_pipe_connect(&s->connect_req, &s->backend.pipe,
+				((const struct sockaddr_un *)&a->ss)->sun_path, connect_cb);
+		return 0;
+	}
+	uv_tcp_init(loop, &s->backend.tcp);
+	s->backend.tcp.data = s;
+	s->open_handles++;
+	return uv_tcp_connect(&s->connect_req, &s->backend.tcp, (const struct sockaddr *)&a->ss,
+			      connect_cb);
+}
+
+static void machine_config(const struct app *app, enum listener_kind kind,
+			   struct smtp_machine_config *mc)
+{
+	const struct tf_config *cfg = app->cfg;
+	memset(mc, 0, sizeof(*mc));
+	mc->tls_port = kind == LISTENER_TLS;
+	mc->starttls = cfg->inbound.tcp.starttls;
+	mc->require_tls = cfg->inbound.tcp.require_tls;
+	mc->tcp_auth = cfg->inbound.tcp.name_and_password;
+	mc->tls_auth = cfg->inbound.tls.name_and_password;
+	mc->line_length = cfg->limits.line_length;
+	mc->max_errors = cfg->limits.max_errors;
+	mc->reject_bare = cfg->bare_newlines == TF_BARE_REJECT;
+	mc->server_name = cfg->server_name;
+}
+
+void session_accept(struct listener *l)
+{
+	struct worker *w = l->worker;
+	struct session *s = calloc(1, sizeof(*s));
+	if (!s) {
+		/* Accept and drop: the client retries. */
+		uv_tcp_t tmp;
+		if (uv_tcp_init(&w->loop, &tmp) == 0) {
+			if (uv_accept((uv_stream_t *)&l->handle, (uv_stream_t *)&tmp) == 0)
+				log_msg(TF_LOG_ERROR, "event=accept error=\"out of memory\"");
+			uv_close((uv_handle_t *)&tmp, NULL);
+		}
+		return;
+	}
+	s->worker = w;
+	s->kind = l->kind;
+	s->start_ms = uv_now(&w->loop);
+	snprintf(s->id, sizeof(s->id), "%lx", atomic_fetch_add(&session_counter, 1) + 1);
+	uv_tcp_init(&w->loop, &s->client);
+	s->client.data = s;
+	s->open_handles++;
+	uv_timer_init(&w->loop, &s->timer);
+	s->timer.data = s;
+	s->open_handles++;
+	s->creds = w->app->creds;
+	creds_ref(s->creds);
+	struct smtp_machine_config mc;
+	machine_config(w->app, l->kind, &mc);
+	smtp_machine_init(&s->machine, &mc);
+	s->next = w->sessions;
+	if (w->sessions)
+		w->sessions->prev = s;
+	w->sessions = s;
+	w->n_sessions++;
+	snprintf(s->client_addr, sizeof(s->client_addr), "unknown");
+
+	if (uv_accept((uv_stream_t *)&l->handle, client_stream(s)) != 0) {
+		s->closing = true; /* nothing to log: no connection came */
+		close_handle((uv_handle_t *)&s->client);
+		close_handle((uv_handle_t *)&s->timer);
+		return;
+	}
+	uv_tcp_nodelay(&s->client, 1);
+	struct sockaddr_storage ss;
+	int sslen = sizeof(ss);
+	if (uv_tcp_getpeername(&s->client, (struct sockaddr *)&ss, &sslen) == 0)
+		address_format((struct sockaddr *)&ss, s->client_addr, sizeof(s->client_addr));
+	log_msg(TF_LOG_DEBUG, "event=connect id=%s listener=%s client=%s", s->id,
+		l->kind == LISTENER_TLS ? "tls" : "tcp", s->client_addr);
+
+	int rc = backend_connect(s);
+	if (rc != 0) {
+		log_msg(TF_LOG_WARN, "event=backend_unavailable id=%s backend=%s error=\"%s\"",
+			s->id, w->app->backend.text, uv_strerror(rc));
+		s->backend_gone = true;
+		smtp_machine_backend_unavailable(&s->machine);
+		session_step(s);
+		return;
+	}
+	arm_timer(s, w->app->cfg->backend.connect_timeout);
+	update_reads(s);
+}

@@ -1,0 +1,70 @@
+/* session.h — one inbound connection: the client, the backend, one timer.
+ *
+ * The session owns both endpoints and carries out what the SMTP machine
+ * decides (it makes no SMTP decision itself). One strategy step
+ * (session_step) decides after every event what to write, read, pause or
+ * close. One way to die: session_close() closes every handle, and the memory
+ * is freed in the last close callback.
+ *
+ * Ownership, member by member:
+ *   client, backend, timer  libuv handles; each counts in open_handles until
+ *                           its close callback runs; the last one frees.
+ *   machine                 owned; freed with the session.
+ *   tls                     owned (NULL until STARTTLS or the TLS port).
+ *   creds                   one reference, dropped when the session is freed.
+ */
+#ifndef TLSFRONT_PROXY_SESSION_H
+#define TLSFRONT_PROXY_SESSION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "proxy/smtp/smtp_machine.h"
+#include "proxy/tls_io.h"
+#include "proxy/worker.h"
+
+struct session {
+	struct worker *worker;
+	struct session *prev, *next; /* the worker's list */
+	char id[20];
+	enum listener_kind kind;
+
+	uv_tcp_t client;
+	union {
+		uv_tcp_t tcp;
+		uv_pipe_t pipe;
+	} backend;
+	uv_connect_t connect_req;
+	uv_shutdown_t shutdown_req;
+	uv_timer_t timer;
+	int open_handles;
+
+	struct smtp_machine machine;
+	struct tls_io *tls;
+	struct creds *creds;
+
+	bool backend_connected;
+	bool backend_gone; /* closed, failed, or dropped */
+	bool handshaking;  /* client TLS handshake in progress */
+	bool closing;
+	bool pumping; /* inside pump_tls: no re-entry */
+	bool client_reading;
+	bool backend_reading;
+	enum smtp_close_reason reason;
+
+	char client_addr[64];
+	uint64_t bytes_in, bytes_out;
+	uint64_t start_ms;
+};
+
+/* Accepts a connection from the listener and starts a session. */
+void session_accept(struct listener *l);
+
+/* Ends a session for a reason the proxy sees (client gone, TLS error). */
+void session_close(struct session *s, enum smtp_close_reason reason);
+
+/* Shutdown grace period over: 421 4.3.2 and close (SPEC §6). */
+void session_shutdown(struct session *s);
+
+#endif

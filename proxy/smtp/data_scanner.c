@@ -1,0 +1,132 @@
+/* data_scanner.c — the DATA content state machine of data_scanner.h.
+ *
+ * Input states follow RFC 5321 §4.5.2: S_BOL at the start of a line (after a
+ * true CRLF), S_BOL_DOT after a leading dot (removed), S_DOT_CR after ".\r"
+ * at the start of a line, S_MID inside a line, S_CR after a CR inside a line.
+ * Output goes straight into the reserved tail of the output buffer: at most
+ * two output bytes per input byte plus the final ".\r\n". Never does I/O.
+ */
+#include "proxy/smtp/data_scanner.h"
+
+enum { S_BOL = 0, S_BOL_DOT, S_DOT_CR, S_MID, S_CR };
+
+void data_scanner_init(struct data_scanner *d, bool reject)
+{
+	d->state = S_BOL;
+	d->out_bol = true;
+	d->reject = reject;
+	d->bare_seen = false;
+}
+
+struct out {
+	char *p;
+	bool *bol;
+	bool mute; /* reject mode after a bare CR/LF: write nothing more */
+};
+
+static inline void put_byte(struct out *o, char c)
+{
+	if (o->mute)
+		return;
+	if (*o->bol && c == '.')
+		*o->p++ = '.'; /* dot-stuff every output line that starts with '.' */
+	*o->p++ = c;
+	*o->bol = false;
+}
+
+static inline void put_eol(struct out *o)
+{
+	if (o->mute)
+		return;
+	*o->p++ = '\r';
+	*o->p++ = '\n';
+	*o->bol = true;
+}
+
+/* A bare CR or LF: canonical CRLF in sanitize mode; in reject mode, the
+ * first one silences the output for good. */
+static inline void bare_eol(struct data_scanner *d, struct out *o)
+{
+	d->bare_seen = true;
+	if (d->reject)
+		o->mute = true;
+	put_eol(o);
+}
+
+size_t data_scanner_feed(struct data_scanner *d, const char *p, size_t n, struct buf *out,
+			 bool *end)
+{
+	*end = false;
+	if (!buf_reserve(out, 2 * n + 8))
+		return (size_t)-1;
+	struct out o = {out->data + out->len, &d->out_bol, d->reject && d->bare_seen};
+	size_t i = 0;
+
+	while (i < n) {
+		char c = p[i++];
+		switch (d->state) {
+		case S_BOL:
+			if (c == '.') {
+				d->state = S_BOL_DOT;
+				break;
+			}
+			/* Any other byte starts the line like S_MID. */
+			__attribute__((fallthrough));
+		case S_MID:
+			if (c == '\r') {
+				d->state = S_CR;
+			} else if (c == '\n') {
+				bare_eol(d, &o);
+				d->state = S_MID;
+			} else {
+				put_byte(&o, c);
+				d->state = S_MID;
+			}
+			break;
+		case S_BOL_DOT:
+			if (c == '\r') {
+				d->state = S_DOT_CR;
+			} else if (c == '\n') {
+				bare_eol(d, &o);
+				d->state = S_MID;
+			} else {
+				put_byte(&o, c);
+				d->state = S_MID;
+			}
+			break;
+		case S_DOT_CR:
+			if (c == '\n') {
+				/* CRLF . CRLF: the one true end of data. The
+				 * output stands at a line start here. */
+				if (!o.mute) {
+					*o.p++ = '.';
+					*o.p++ = '\r';
+					*o.p++ = '\n';
+				}
+				d->state = S_BOL;
+				d->out_bol = true;
+				*end = true;
+				out->len = (size_t)(o.p - out->data);
+				return i;
+			}
+			/* The CR after the dot was bare: as in S_CR. */
+			__attribute__((fallthrough));
+		case S_CR:
+			if (c == '\n') {
+				put_eol(&o);
+				d->state = S_BOL;
+				break;
+			}
+			bare_eol(d, &o);
+			if (c == '\r') {
+				d->state = S_CR;
+			} else {
+				put_byte(&o, c);
+				d->state = S_MID;
+			}
+			break;
+		}
+	}
+	out->len = (size_t)(o.p - out->data);
+	return i;
+}

@@ -1,0 +1,558 @@
+/* smtp_machine.c — the SMTP session machine of smtp_machine.h.
+ *
+ * Client bytes collect in m->in and are processed line by line (every
+ * complete line per call, STYLE.md point 8); backend bytes go through the
+ * reply parser. Each forwarded command and each local reply takes a FIFO slot
+ * so replies reach the client in the order of its commands (SPEC §3.2).
+ *
+ * Never does I/O, never reads a clock, never logs, never makes a policy
+ * decision of its own: it asks policy/smtp_rules.
+ */
+#include "proxy/smtp/smtp_machine.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "proxy/smtp/ehlo_rewrite.h"
+
+static const char R_LINE_BAD[] = "500 5.5.2 Error: bad syntax (NUL or bare CR in command line)";
+static const char R_LINE_LONG[] = "500 5.5.2 Error: line too long";
+static const char R_HTTP[] = "221 2.7.0 Error: I can break rules, too. Goodbye.";
+static const char R_STARTTLS[] = "220 2.0.0 Ready to start TLS";
+static const char R_BARE_REJECT[] =
+    "550 5.5.2 Error: bare CR or LF in message content (SMTP smuggling defence)";
+
+static void process_client(struct smtp_machine *m);
+
+void smtp_machine_init(struct smtp_machine *m, const struct smtp_machine_config *cfg)
+{
+	memset(m, 0, sizeof(*m));
+	m->cfg = *cfg;
+	m->rules.tls_port = cfg->tls_port;
+	m->rules.starttls_offered = cfg->starttls && !cfg->tls_port;
+	m->rules.require_tls = cfg->require_tls && !cfg->tls_port;
+	m->rules.tcp_auth = cfg->tcp_auth;
+	m->rules.tls_auth = cfg->tls_auth;
+	m->rules.tls_active = cfg->tls_port;
+	m->phase = PHASE_GREETING;
+	m->fifo[0].kind = PEND_GREETING;
+	m->fifo_len = 1;
+}
+
+void smtp_machine_free(struct smtp_machine *m)
+{
+	buf_free(&m->in);
+	buf_free(&m->act.to_client);
+	buf_free(&m->act.to_backend);
+	reply_parser_free(&m->reply);
+}
+
+void smtp_machine_clear_actions(struct smtp_machine *m)
+{
+	m->act.start_tls = false;
+	m->act.drop_backend = false;
+	m->act.progress = false;
+	m->act.discarded = 0;
+	m->act.note = NULL;
+	/* close and reason stay: a closed machine stays closed. */
+}
+
+bool smtp_machine_wants_client_input(const struct smtp_machine *m)
+{
+	return m->phase != PHASE_CLOSED && m->in.len < SMTP_HOLD_MAX;
+}
+
+/* ---- the FIFO ---------------------------------------------------------- */
+
+static bool fifo_full(const struct smtp_machine *m)
+{
+	return m->fifo_len == SMTP_FIFO_MAX;
+}
+
+static void fifo_push(struct smtp_machine *m, struct smtp_pending p)
+{
+	m->fifo[(m->fifo_head + m->fifo_len) % SMTP_FIFO_MAX] = p;
+	m->fifo_len++;
+}
+
+static struct smtp_pending *fifo_peek(struct smtp_machine *m)
+{
+	return m->fifo_len ? &m->fifo[m->fifo_head] : NULL;
+}
+
+static void fifo_pop(struct smtp_machine *m)
+{
+	m->fifo_head = (m->fifo_head + 1) % SMTP_FIFO_MAX;
+	m->fifo_len--;
+}
+
+/* ---- output ------------------------------------------------------------ */
+
+static void out_of_memory(struct smtp_machine *m);
+
+static void to_client(struct smtp_machine *m, const char *p, size_t n)
+{
+	if (!buf_append(&m->act.to_client, p, n))
+		out_of_memory(m);
+}
+
+static void to_backend(struct smtp_machine *m, const char *p, size_t n)
+{
+	if (!buf_append(&m->act.to_backend, p, n))
+		out_of_memory(m);
+}
+
+static void close_session(struct smtp_machine *m, enum smtp_close_reason reason)
+{
+	if (m->phase == PHASE_CLOSED)
+		return;
+	m->phase = PHASE_CLOSED;
+	m->act.close = true;
+	m->act.reason = reason;
+	buf_free(&m->in);
+}
+
+/* A reply tlsfront makes about the session itself: "CODE X.Y.Z name text". */
+static void say_and_close(struct smtp_machine *m, const char *code, const char *text,
+			  enum smtp_close_reason reason)
+{
+	char line[512];
+	int n = snprintf(line, sizeof(line), "%s %s %s\r\n", code, m->cfg.server_name, text);
+	if (n > 0)
+		to_client(m, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+	close_session(m, reason);
+}
+
+static void out_of_memory(struct smtp_machine *m)
+{
+	/* Nothing more can be promised: tell the client to retry later. */
+	m->act.note = "out of memory";
+	buf_free(&m->act.to_client);
+	buf_free(&m->act.to_backend);
+	static const char msg[] = "421 4.3.0 Error: out of memory, try again later\r\n";
+	(void)buf_append(&m->act.to_client, msg, sizeof(msg) - 1);
+	close_session(m, CLOSE_ERROR);
+}
+
+/* Counts a protocol error (§3.2, §7.1): after the Nth, 421 and close. */
+static void count_error(struct smtp_machine *m)
+{
+	m->errors++;
+	if (m->cfg.max_errors && m->errors >= m->cfg.max_errors)
+		say_and_close(m, "421", "4.7.0 Error: too many errors", CLOSE_POLICY);
+}
+
+static bool is_error_code(int code)
+{
+	return code >= 500 && code <= 504;
+}
+
+/* Sends a local reply line (static text, no CRLF) to the client. */
+static void local_reply(struct smtp_machine *m, const char *reply)
+{
+	to_client(m, reply, strlen(reply));
+	to_client(m, "\r\n", 2);
+	if (reply[0] == '5' || reply[0] == '4')
+		count_error(m);
+}
+
+/* Releases the local replies (and the STARTTLS 220) now at the FIFO head. */
+static void release_local(struct smtp_machine *m)
+{
+	struct smtp_pending *p;
+	while (m->phase != PHASE_CLOSED && (p = fifo_peek(m))) {
+		if (p->kind == PEND_LOCAL) {
+			const char *reply = p->reply;
+			fifo_pop(m);
+			local_reply(m, reply);
+		} else if (p->kind == PEND_STARTTLS) {
+			fifo_pop(m);
+			to_client(m, R_STARTTLS, sizeof(R_STARTTLS) - 1);
+			to_client(m, "\r\n", 2);
+			m->act.start_tls = true;
+			m->phase = PHASE_HANDSHAKE;
+			/* Nothing may be pending behind STARTTLS: input
+			 * after it was discarded. */
+			m->fifo_len = 0;
+			return;
+		} else {
+			return;
+		}
+	}
+}
+
+static void queue_local(struct smtp_machine *m, const char *reply)
+{
+	fifo_push(m, (struct smtp_pending){.kind = PEND_LOCAL, .reply = reply});
+	release_local(m);
+}
+
+/* ---- client lines ------------------------------------------------------ */
+
+static bool line_is_clean(const char *line, size_t len)
+{
+	/* NUL anywhere, or a CR (the line end's CR was already removed). */
+	return !memchr(line, '\0', len) && !memchr(line, '\r', len);
+}
+
+static void forward_line(struct smtp_machine *m, const char *line, size_t len)
+{
+	to_backend(m, line, len);
+	to_backend(m, "\r\n", 2);
+}
+
+static void handle_auth_line(struct smtp_machine *m, const char *line, size_t len)
+{
+	if (!line_is_clean(line, len)) {
+		/* §7.3: refuse the line and cancel the exchange at the
+		 * backend; the backend's answer to "*" is not the client's. */
+		forward_line(m, "*", 1);
+		fifo_push(m, (struct smtp_pending){.kind = PEND_INTERNAL});
+		m->phase = PHASE_COMMAND;
+		queue_local(m, R_LINE_BAD);
+		return;
+	}
+	/* SASL data: passed on as it is, never parsed, never logged. */
+	forward_line(m, line, len);
+	fifo_push(m, (struct smtp_pending){.kind = PEND_AUTH_DATA});
+	m->phase = PHASE_WAIT_AUTH;
+}
+
+static void handle_command(struct smtp_machine *m, const char *line, size_t len)
+{
+	if (!line_is_clean(line, len)) {
+		queue_local(m, R_LINE_BAD);
+		return;
+	}
+	bool has_args;
+	enum smtp_verb verb = smtp_verb_parse(line, len, &has_args);
+
+	/* §3.2 order: XCLIENT/XFORWARD first, then HTTP, then the rest. */
+	if (verb != VERB_XCLIENT && verb != VERB_XFORWARD && smtp_rules_is_http(line, len)) {
+		/* Cross-protocol attack (ALPACA): answer at once and go. */
+		to_client(m, R_HTTP, sizeof(R_HTTP) - 1);
+		to_client(m, "\r\n", 2);
+		m->act.note = "HTTP request line from client";
+		close_session(m, CLOSE_POLICY);
+		return;
+	}
+	const char *refusal = smtp_rules_check(&m->rules, verb, has_args);
+	if (refusal) {
+		queue_local(m, refusal);
+		return;
+	}
+	if (verb == VERB_STARTTLS) {
+		m->phase = PHASE_STARTTLS;
+		fifo_push(m, (struct smtp_pending){.kind = PEND_STARTTLS});
+		return; /* process_client discards what follows; then release */
+	}
+	forward_line(m, line, len);
+	fifo_push(m, (struct smtp_pending){.kind = PEND_COMMAND, .verb = (unsigned char)verb});
+	if (verb == VERB_EHLO || verb == VERB_HELO)
+		m->rules.needs_ehlo = false; /* §3.5: "until the client sends EHLO" */
+	if (verb == VERB_DATA)
+		m->phase = PHASE_WAIT_DATA;
+	else if (verb == VERB_AUTH)
+		m->phase = PHASE_WAIT_AUTH;
+}
+
+/* The longest line accepted in the current phase, CRLF included. */
+static size_t line_limit(const struct smtp_machine *m)
+{
+	size_t limit = m->cfg.line_length;
+	bool auth = m->phase == PHASE_AUTH;
+	if (!auth && m->in.len >= 4 && strncasecmp(m->in.data, "AUTH", 4) == 0)
+		auth = true;
+	if (auth && limit < SMTP_AUTH_LINE_MIN)
+		limit = SMTP_AUTH_LINE_MIN;
+	return limit;
+}
+
+/* Takes one line from m->in. Returns false when no complete line is there. */
+static bool next_line(struct smtp_machine *m)
+{
+	char *lf = m->in.len ? memchr(m->in.data, '\n', m->in.len) : NULL;
+	size_t limit = line_limit(m);
+
+	if (m->discarding) {
+		if (!lf) {
+			m->in.len = 0;
+			return false;
+		}
+		buf_consume(&m->in, (size_t)(lf - m->in.data) + 1);
+		m->discarding = false;
+		m->act.progress = true;
+		queue_local(m, R_LINE_LONG);
+		return true;
+	}
+	if (!lf) {
+		if (m->in.len >= limit) {
+			/* Too long already: drop it up to its end. */
+			m->in.len = 0;
+			m->discarding = true;
+		}
+		return false;
+	}
+	size_t len = (size_t)(lf - m->in.data);
+	size_t consumed = len + 1;
+	if (len && m->in.data[len - 1] == '\r')
+		len--; /* CRLF; a lone LF is taken as a line end too (§3.2) */
+	m->act.progress = true;
+	if (len + 2 > limit) {
+		buf_consume(&m->in, consumed);
+		queue_local(m, R_LINE_LONG);
+		return true;
+	}
+	if (m->phase == PHASE_AUTH)
+		handle_auth_line(m, m->in.data, len);
+	else
+		handle_command(m, m->in.data, len);
+	if (m->phase != PHASE_CLOSED)
+		buf_consume(&m->in, consumed);
+	return true;
+}
+
+/* Feeds held input to the DATA scanner (or drains it in reject mode). */
+static void process_data(struct smtp_machine *m)
+{
+	bool draining = m->phase == PHASE_REJECT_DRAIN;
+	struct buf scratch = {0};
+	struct buf *out = draining ? &scratch : &m->act.to_backend;
+	bool end;
+	size_t used = data_scanner_feed(&m->data, m->in.data, m->in.len, out, &end);
+	buf_free(&scratch);
+	if (used == (size_t)-1) {
+		out_of_memory(m);
+		return;
+	}
+	if (used)
+		m->act.progress = true;
+	buf_consume(&m->in, used);
+
+	if (!draining && m->data.bare_seen && m->cfg.reject_bare) {
+		/* §3.7 reject: the backend must never see an end of data. */
+		buf_free(&m->act.to_backend);
+		m->act.drop_backend = true;
+		m->act.note = "bare CR or LF in message content: backend dropped";
+		m->phase = PHASE_REJECT_DRAIN;
+		draining = true;
+	}
+	if (!end)
+		return;
+	if (draining) {
+		local_reply(m, R_BARE_REJECT);
+		say_and_close(m, "421", "4.7.0 Error: closing after bare newline", CLOSE_POLICY);
+		return;
+	}
+	fifo_push(m, (struct smtp_pending){.kind = PEND_DATA_END});
+	m->phase = PHASE_COMMAND;
+}
+
+static void process_client(struct smtp_machine *m)
+{
+	for (;;) {
+		switch (m->phase) {
+		case PHASE_COMMAND:
+		case PHASE_AUTH:
+			if (fifo_full(m) || !next_line(m))
+				return;
+			break;
+		case PHASE_DATA:
+		case PHASE_REJECT_DRAIN:
+			if (!m->in.len)
+				return;
+			process_data(m);
+			if (m->phase == PHASE_DATA || m->phase == PHASE_REJECT_DRAIN)
+				return; /* all consumed, no end yet */
+			break;
+		case PHASE_STARTTLS:
+			/* CVE-2011-0411: plaintext after STARTTLS is never
+			 * executed. */
+			if (m->in.len) {
+				m->act.discarded += m->in.len;
+				m->in.len = 0;
+			}
+			release_local(m);
+			return;
+		default: /* greeting, waiting for a reply, handshake, closed */
+			return;
+		}
+	}
+}
+
+void smtp_machine_feed_client(struct smtp_machine *m, const char *p, size_t n)
+{
+	if (m->phase == PHASE_CLOSED || m->phase == PHASE_HANDSHAKE)
+		return;
+	if (m->phase == PHASE_STARTTLS) {
+		m->act.discarded += n;
+		return;
+	}
+	if (m->discarding && !memchr(p, '\n', n))
+		return; /* still inside an over-long line */
+	if (!buf_append(&m->in, p, n)) {
+		out_of_memory(m);
+		return;
+	}
+	process_client(m);
+}
+
+/* ---- backend replies --------------------------------------------------- */
+
+static void relay(struct smtp_machine *m, int code, const char *text, size_t len)
+{
+	to_client(m, text, len);
+	if (is_error_code(code))
+		count_error(m);
+}
+
+static void handle_reply(struct smtp_machine *m, int code, const char *text, size_t len)
+{
+	struct smtp_pending *head = fifo_peek(m);
+	if (!head) {
+		/* Unsolicited (a backend's 421 before it closes): pass on. */
+		relay(m, code, text, len);
+		return;
+	}
+	struct smtp_pending p = *head;
+	fifo_pop(m);
+
+	switch (p.kind) {
+	case PEND_GREETING:
+		relay(m, code, text, len);
+		m->phase = PHASE_COMMAND;
+		break;
+	case PEND_INTERNAL:
+		break; /* tlsfront's own RSET or "*": not the client's */
+	case PEND_DATA_END:
+		relay(m, code, text, len);
+		if (code >= 200 && code < 300) {
+			m->messages++;
+			m->errors = 0; /* an accepted message resets the count */
+		}
+		break;
+	case PEND_AUTH_DATA:
+	case PEND_COMMAND:
+		if (p.kind == PEND_AUTH_DATA || p.verb == VERB_AUTH) {
+			m->phase = code == 334 ? PHASE_AUTH : PHASE_COMMAND;
+			if (code == 235)
+				m->authenticated = true;
+			/* 535 (bad credentials) is not a protocol error. */
+			to_client(m, text, len);
+			if (code != 535 && is_error_code(code))
+				count_error(m);
+			break;
+		}
+		if (p.verb == VERB_EHLO) {
+			if (!ehlo_rewrite(&m->rules, code, text, len, &m->act.to_client))
+				out_of_memory(m);
+			if (is_error_code(code))
+				count_error(m);
+			break;
+		}
+		relay(m, code, text, len);
+		if (p.verb == VERB_DATA) {
+			if (code == 354) {
+				data_scanner_init(&m->data, m->cfg.reject_bare);
+				m->phase = PHASE_DATA;
+			} else {
+				m->phase = PHASE_COMMAND;
+				if (m->in.len) {
+					/* §3.7, §7.4: held bytes are dropped
+					 * and count as one error. */
+					m->in.len = 0;
+					m->discarding = false;
+					if (m->phase != PHASE_CLOSED)
+						count_error(m);
+				}
+			}
+		} else if (p.verb == VERB_QUIT && code == 221) {
+			m->quit_acked = true;
+			close_session(m, CLOSE_QUIT);
+		}
+		break;
+	default:
+		break;
+	}
+}
+
+void smtp_machine_feed_backend(struct smtp_machine *m, const char *p, size_t n)
+{
+	size_t i = 0;
+	while (i < n && m->phase != PHASE_CLOSED) {
+		enum reply_status st;
+		i += reply_parser_feed(&m->reply, p + i, n - i, &st);
+		if (st == REPLY_BAD) {
+			m->act.note = "malformed reply from backend";
+			say_and_close(m, "421", "4.3.0 Error: backend failure", CLOSE_ERROR);
+			return;
+		}
+		if (st != REPLY_DONE)
+			return;
+		handle_reply(m, m->reply.code, m->reply.text.data, m->reply.text.len);
+		reply_parser_reset(&m->reply);
+		release_local(m);
+		process_client(m);
+	}
+}
+
+/* ---- events ------------------------------------------------------------ */
+
+void smtp_machine_tls_established(struct smtp_machine *m)
+{
+	if (m->phase != PHASE_HANDSHAKE)
+		return;
+	m->rules.tls_active = true;
+	m->rules.needs_ehlo = true;
+	m->authenticated = false;
+	/* RFC 3207 §4.2: forget everything of the plaintext phase. */
+	buf_free(&m->in);
+	forward_line(m, "RSET", 4);
+	fifo_push(m, (struct smtp_pending){.kind = PEND_INTERNAL});
+	m->phase = PHASE_COMMAND;
+}
+
+void smtp_machine_backend_closed(struct smtp_machine *m)
+{
+	if (m->phase == PHASE_CLOSED || m->phase == PHASE_REJECT_DRAIN)
+		return;
+	say_and_close(m, "421", "4.3.0 Error: backend connection lost", CLOSE_BACKEND_CLOSED);
+}
+
+void smtp_machine_timeout(struct smtp_machine *m)
+{
+	if (m->phase == PHASE_CLOSED)
+		return;
+	say_and_close(m, "421", "4.4.2 Error: timeout exceeded", CLOSE_TIMEOUT);
+}
+
+void smtp_machine_shutdown(struct smtp_machine *m)
+{
+	if (m->phase == PHASE_CLOSED)
+		return;
+	say_and_close(m, "421", "4.3.2 Service shutting down", CLOSE_SHUTDOWN);
+}
+
+const char *smtp_phase_name(enum smtp_phase phase)
+{
+	static const char *const names[] = {"greeting",	    "command", "wait_data", "data",
+					    "wait_auth",    "auth",    "starttls",  "handshake",
+					    "reject_drain", "closed"};
+	return (unsigned)phase < sizeof(names) / sizeof(names[0]) ? names[phase] : "?";
+}
+
+const char *smtp_close_reason_name(enum smtp_close_reason reason)
+{
+	static const char *const names[] = {"none",	"quit",	 "client_closed", "backend_closed",
+					    "timeout",	"limit", "policy",	  "tls_error",
+					    "shutdown", "error"};
+	return (unsigned)reason < sizeof(names) / sizeof(names[0]) ? names[reason] : "?";
+}
+
+void smtp_machine_backend_unavailable(struct smtp_machine *m)
+{
+	if (m->phase == PHASE_CLOSED)
+		return;
+	say_and_close(m, "421", "4.3.2 Error: backend unavailable, try again later", CLOSE_ERROR);
+}

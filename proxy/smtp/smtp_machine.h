@@ -1,0 +1,148 @@
+/* smtp_machine.h — the sans-I/O SMTP session machine (DESIGN.md).
+ *
+ * A plain struct fed with bytes from the client (plaintext, after TLS
+ * decryption) and from the backend, answering with actions: bytes for either
+ * side, start TLS now, drop the backend, close. It parses every command line
+ * and every reply, keeps the FIFO of commands awaiting replies (PIPELINING),
+ * asks policy/ for every decision, rewrites EHLO replies, scans DATA for the
+ * one true end of data, and holds the STARTTLS boundary.
+ *
+ * Never does I/O, never reads a clock, never logs: the proxy layer carries
+ * out the actions and times the timeouts.
+ *
+ * Ownership: the machine owns its buffers (held client input, the reply being
+ * collected, the FIFO) and the action buffers until the caller takes them
+ * with buf_take(); smtp_machine_free() releases all of it.
+ */
+#ifndef TLSFRONT_SMTP_MACHINE_H
+#define TLSFRONT_SMTP_MACHINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "policy/smtp_rules.h"
+#include "proxy/smtp/buf.h"
+#include "proxy/smtp/data_scanner.h"
+#include "proxy/smtp/reply_parser.h"
+
+#define SMTP_FIFO_MAX	   128	       /* pipelined commands awaiting replies */
+#define SMTP_HOLD_MAX	   (64 * 1024) /* held client input before reads pause */
+#define SMTP_AUTH_LINE_MIN 12288       /* AUTH lines may be this long (§3.2) */
+
+enum smtp_phase {
+	PHASE_GREETING = 0, /* waiting for the backend's greeting */
+	PHASE_COMMAND,	    /* reading command lines */
+	PHASE_WAIT_DATA,    /* DATA sent, waiting for 354; client input held */
+	PHASE_DATA,	    /* message content until the true end of data */
+	PHASE_WAIT_AUTH,    /* AUTH line sent, waiting for 334/235/...; held */
+	PHASE_AUTH,	    /* a 334 was relayed: the next line is SASL data */
+	PHASE_STARTTLS,	    /* STARTTLS accepted, earlier replies pending */
+	PHASE_HANDSHAKE,    /* 220 sent: the client side speaks TLS now */
+	PHASE_REJECT_DRAIN, /* bare newline in reject mode: read to end of data */
+	PHASE_CLOSED,	    /* close requested: every input is ignored */
+};
+
+enum smtp_close_reason {
+	CLOSE_NONE = 0,
+	CLOSE_QUIT,
+	CLOSE_CLIENT_CLOSED,
+	CLOSE_BACKEND_CLOSED,
+	CLOSE_TIMEOUT,
+	CLOSE_LIMIT,
+	CLOSE_POLICY,
+	CLOSE_TLS_ERROR,
+	CLOSE_SHUTDOWN,
+	CLOSE_ERROR,
+};
+
+/* What the caller must do after each call. The caller takes the buffers
+ * (buf_take) and clears the flags with smtp_machine_clear_actions(). */
+struct smtp_actions {
+	struct buf to_client;  /* plaintext for the client */
+	struct buf to_backend; /* plaintext for the backend */
+	bool start_tls;	       /* after writing to_client: TLS handshake on the client side */
+	bool drop_backend;     /* close the backend now, unflushed (reject mode) */
+	bool close;	       /* write to_client, then close both sides */
+	enum smtp_close_reason reason;
+	bool progress;	  /* a complete command line or DATA bytes: re-arm idle timer */
+	size_t discarded; /* plaintext bytes dropped after STARTTLS (CVE-2011-0411) */
+	const char *note; /* a static text worth a log line, or NULL */
+};
+
+struct smtp_machine_config {
+	bool tls_port;	  /* accepted on the TLS port: a TLS session from the start */
+	bool starttls;	  /* inbound.tcp.starttls */
+	bool require_tls; /* inbound.tcp.require_tls */
+	bool tcp_auth;	  /* inbound.tcp.name_and_password */
+	bool tls_auth;	  /* inbound.tls.name_and_password */
+	unsigned line_length;
+	unsigned max_errors;
+	bool reject_bare;	 /* bare_newlines = "reject" */
+	const char *server_name; /* borrowed; must outlive the machine */
+};
+
+enum smtp_pending_kind {
+	PEND_GREETING = 0, /* the backend's greeting */
+	PEND_COMMAND,	   /* a forwarded command; verb says which */
+	PEND_AUTH_DATA,	   /* a forwarded SASL line */
+	PEND_DATA_END,	   /* the end of data */
+	PEND_INTERNAL,	   /* tlsfront's own command: consume the reply */
+	PEND_LOCAL,	   /* a reply tlsfront makes; released in its turn */
+	PEND_STARTTLS,	   /* the 220 to STARTTLS; released in its turn */
+};
+
+struct smtp_pending {
+	unsigned char kind; /* enum smtp_pending_kind */
+	unsigned char verb; /* enum smtp_verb for PEND_COMMAND */
+	const char *reply;  /* PEND_LOCAL: static reply line without CRLF */
+};
+
+struct smtp_machine {
+	struct smtp_machine_config cfg;
+	struct smtp_rules_session rules;
+	enum smtp_phase phase;
+	struct smtp_actions act;
+
+	struct buf in;	 /* client bytes not yet processed (bounded) */
+	bool discarding; /* dropping an over-long line up to its LF */
+	struct reply_parser reply;
+	struct data_scanner data;
+
+	struct smtp_pending fifo[SMTP_FIFO_MAX];
+	unsigned fifo_head, fifo_len;
+
+	unsigned errors;    /* protocol errors (§3.2, §7.1) */
+	unsigned messages;  /* messages accepted by the backend */
+	bool authenticated; /* a 235 was relayed */
+	bool quit_acked;    /* the backend's 221 to QUIT was relayed */
+};
+
+void smtp_machine_init(struct smtp_machine *m, const struct smtp_machine_config *cfg);
+void smtp_machine_free(struct smtp_machine *m);
+
+/* Client plaintext. Always takes every byte (held when it cannot be
+ * processed yet); check smtp_machine_wants_client_input() before reading
+ * more. */
+void smtp_machine_feed_client(struct smtp_machine *m, const char *p, size_t n);
+/* Backend bytes. Always takes every byte. */
+void smtp_machine_feed_backend(struct smtp_machine *m, const char *p, size_t n);
+/* The client's TLS handshake completed (after start_tls). */
+void smtp_machine_tls_established(struct smtp_machine *m);
+/* The backend closed its connection or failed. */
+void smtp_machine_backend_closed(struct smtp_machine *m);
+/* The backend could not be reached (§3.1): 421 4.3.2 and close. */
+void smtp_machine_backend_unavailable(struct smtp_machine *m);
+/* The idle timer expired. */
+void smtp_machine_timeout(struct smtp_machine *m);
+/* The process is shutting down and the grace period is over. */
+void smtp_machine_shutdown(struct smtp_machine *m);
+
+/* False while the held client input is at its bound: stop reading. */
+bool smtp_machine_wants_client_input(const struct smtp_machine *m);
+
+void smtp_machine_clear_actions(struct smtp_machine *m);
+
+const char *smtp_phase_name(enum smtp_phase phase);
+const char *smtp_close_reason_name(enum smtp_close_reason reason);
+
+#endif

@@ -1,0 +1,183 @@
+/* tls_io.c — GnuTLS over memory buffers (tls_io.h).
+ *
+ * The pull function copies from t->in or reports EAGAIN; the push function
+ * appends to t->out, so a send never blocks. Never touches a socket; never
+ * lets a GNUTLS_E_* code out.
+ */
+#include "proxy/tls_io.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+static ssize_t pull_cb(gnutls_transport_ptr_t ptr, void *data, size_t len)
+{
+	struct tls_io *t = ptr;
+	size_t avail = t->in.len - t->in_off;
+	if (avail == 0) {
+		gnutls_transport_set_errno(t->session, EAGAIN);
+		return -1;
+	}
+	if (len > avail)
+		len = avail;
+	memcpy(data, t->in.data + t->in_off, len);
+	t->in_off += len;
+	if (t->in_off == t->in.len) {
+		t->in.len = 0;
+		t->in_off = 0;
+	}
+	return (ssize_t)len;
+}
+
+static int pull_timeout_cb(gnutls_transport_ptr_t ptr, unsigned int ms)
+{
+	struct tls_io *t = ptr;
+	return t->in.len > t->in_off ? 1 : 0;
+}
+
+static ssize_t push_cb(gnutls_transport_ptr_t ptr, const void *data, size_t len)
+{
+	struct tls_io *t = ptr;
+	if (!buf_append(&t->out, data, len)) {
+		gnutls_transport_set_errno(t->session, ENOMEM);
+		return -1;
+	}
+	return (ssize_t)len;
+}
+
+int tls_io_init(struct tls_io *t, struct creds *creds)
+{
+	memset(t, 0, sizeof(*t));
+	int rc = creds_server_session(creds, &t->session);
+	if (rc < 0) {
+		snprintf(t->error, sizeof(t->error), "%s", gnutls_strerror(rc));
+		t->session = NULL;
+		return TLSIO_ERROR;
+	}
+	gnutls_transport_set_ptr(t->session, t);
+	gnutls_transport_set_pull_function(t->session, pull_cb);
+	gnutls_transport_set_pull_timeout_function(t->session, pull_timeout_cb);
+	gnutls_transport_set_push_function(t->session, push_cb);
+	return TLSIO_OK;
+}
+
+void tls_io_free(struct tls_io *t)
+{
+	if (t->session)
+		gnutls_deinit(t->session);
+	t->session = NULL;
+	buf_free(&t->in);
+	buf_free(&t->out);
+}
+
+bool tls_io_feed(struct tls_io *t, const char *p, size_t n)
+{
+	if (t->in_off && t->in_off == t->in.len) {
+		t->in.len = 0;
+		t->in_off = 0;
+	}
+	return buf_append(&t->in, p, n);
+}
+
+static int fail(struct tls_io *t, int rc)
+{
+	snprintf(t->error, sizeof(t->error), "%s", gnutls_strerror(rc));
+	return TLSIO_ERROR;
+}
+
+int tls_io_handshake(struct tls_io *t)
+{
+	int rc;
+	do {
+		rc = gnutls_handshake(t->session);
+	} while (rc < 0 && !gnutls_error_is_fatal(rc) && rc != GNUTLS_E_AGAIN &&
+		 rc != GNUTLS_E_INTERRUPTED);
+	if (rc == GNUTLS_E_SUCCESS) {
+		t->established = true;
+		return TLSIO_OK;
+	}
+	if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED)
+		return TLSIO_AGAIN;
+	return fail(t, rc);
+}
+
+ssize_t tls_io_recv(struct tls_io *t, char *p, size_t n)
+{
+	for (;;) {
+		ssize_t rc = gnutls_record_recv(t->session, p, n);
+		if (rc > 0)
+			return rc;
+		if (rc == 0)
+			return TLSIO_EOF;
+		if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED)
+			return TLSIO_AGAIN;
+		if (rc == GNUTLS_E_REHANDSHAKE) {
+			/* SPEC §5: renegotiation is refused. The client gets a
+			 * warning alert and the session goes on unchanged. */
+			t->renegotiation_refused = true;
+			gnutls_alert_send(t->session, GNUTLS_AL_WARNING, GNUTLS_A_NO_RENEGOTIATION);
+			continue;
+		}
+		if (!gnutls_error_is_fatal((int)rc))
+			continue; /* e.g. a warning alert or a TLS 1.3 key update */
+		return fail(t, (int)rc);
+	}
+}
+
+bool tls_io_pending(const struct tls_io *t)
+{
+	return t->in.len > t->in_off || gnutls_record_check_pending(t->session) > 0;
+}
+
+int tls_io_send(struct tls_io *t, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t rc = gnutls_record_send(t->session, p, n);
+		if (rc > 0) {
+			p += rc;
+			n -= (size_t)rc;
+			continue;
+		}
+		if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED)
+			continue; /* push never blocks; a retry makes progress */
+		return fail(t, (int)rc);
+	}
+	return TLSIO_OK;
+}
+
+void tls_io_bye(struct tls_io *t)
+{
+	if (t->established)
+		gnutls_bye(t->session, GNUTLS_SHUT_WR);
+}
+
+const char *tls_io_version(const struct tls_io *t)
+{
+	if (!t || !t->established)
+		return "none";
+	const char *v = gnutls_protocol_get_name(gnutls_protocol_get_version(t->session));
+	return v ? v : "none";
+}
+
+const char *tls_io_cipher(const struct tls_io *t)
+{
+	if (!t || !t->established)
+		return "none";
+	const char *c = gnutls_cipher_get_name(gnutls_cipher_get(t->session));
+	return c ? c : "none";
+}
+
+void tls_io_sni(const struct tls_io *t, char *out, size_t outlen)
+{
+	snprintf(out, outlen, "none");
+	if (!t || !t->session)
+		return;
+	char name[256];
+	size_t len = sizeof(name);
+	unsigned type;
+	if (gnutls_server_name_get(t->session, name, &len, &type, 0) == 0 &&
+	    type == GNUTLS_NAME_DNS && len < sizeof(name)) {
+		name[len] = '\0';
+		snprintf(out, outlen, "%s", name);
+	}
+}

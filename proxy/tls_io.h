@@ -1,0 +1,63 @@
+/* tls_io.h — GnuTLS driven over memory for one client connection.
+ *
+ * The proxy hands in ciphertext as libuv delivers it; GnuTLS pulls from that
+ * buffer and pushes ciphertext into an output buffer that the proxy flushes
+ * with one uv_write. Nothing here touches a socket or libuv, and no
+ * GNUTLS_E_* code escapes: results are TLSIO_* values.
+ *
+ * Ownership: a tls_io owns its GnuTLS session and both buffers;
+ * tls_io_free() releases them. The credentials stay owned by the caller and
+ * must outlive the tls_io.
+ */
+#ifndef TLSFRONT_PROXY_TLS_IO_H
+#define TLSFRONT_PROXY_TLS_IO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <gnutls/gnutls.h>
+
+#include "certs/credentials.h"
+#include "proxy/smtp/buf.h"
+
+enum { TLSIO_OK = 0, TLSIO_AGAIN = -1, TLSIO_EOF = -2, TLSIO_ERROR = -3 };
+
+struct tls_io {
+	gnutls_session_t session;
+	struct buf in;		    /* ciphertext received, not yet pulled */
+	size_t in_off;		    /* bytes of in already pulled */
+	struct buf out;		    /* ciphertext to write */
+	bool established;	    /* handshake complete */
+	bool renegotiation_refused; /* a client asked for renegotiation */
+	char error[128];	    /* why the last TLSIO_ERROR happened */
+};
+
+int tls_io_init(struct tls_io *t, struct creds *creds);
+void tls_io_free(struct tls_io *t);
+
+/* Ciphertext from the client. Returns false when out of memory. */
+bool tls_io_feed(struct tls_io *t, const char *p, size_t n);
+
+/* Drives the handshake: TLSIO_OK when complete, TLSIO_AGAIN for more input,
+ * TLSIO_ERROR (reason in t->error). */
+int tls_io_handshake(struct tls_io *t);
+
+/* Decrypts into p: bytes (>0), TLSIO_AGAIN, TLSIO_EOF (close_notify) or
+ * TLSIO_ERROR. */
+ssize_t tls_io_recv(struct tls_io *t, char *p, size_t n);
+
+/* True when decrypted or undecrypted input is waiting. */
+bool tls_io_pending(const struct tls_io *t);
+
+/* Encrypts n plaintext bytes into t->out. TLSIO_OK or TLSIO_ERROR. */
+int tls_io_send(struct tls_io *t, const char *p, size_t n);
+
+/* Queues a close_notify alert into t->out. */
+void tls_io_bye(struct tls_io *t);
+
+/* For the summary line: "TLS1.3", the cipher name, the SNI (or "none"). */
+const char *tls_io_version(const struct tls_io *t);
+const char *tls_io_cipher(const struct tls_io *t);
+void tls_io_sni(const struct tls_io *t, char *out, size_t outlen);
+
+#endif

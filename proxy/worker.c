@@ -1,0 +1,125 @@
+/* worker.c — one libuv loop per thread: listeners, sessions, stopping.
+ *
+ * Stopping (SPEC §6): the main thread sends stop_async; the worker closes
+ * its listeners, and its loop ends when the last session is gone, or when
+ * shutdown_timeout has passed and the remaining sessions got 421 4.3.2.
+ * Never makes SMTP decisions; never touches another worker's state.
+ */
+#include "proxy/worker.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "proxy/log.h"
+#include "proxy/session.h"
+
+static void connection_cb(uv_stream_t *server, int status)
+{
+	struct listener *l = server->data;
+	if (status < 0) {
+		log_msg(TF_LOG_WARN, "event=accept_error worker=%u error=\"%s\"", l->worker->index,
+			uv_strerror(status));
+		return;
+	}
+	if (l->worker->stopping)
+		return;
+	session_accept(l);
+}
+
+/* Closes the loop's own handles once nothing else is left. */
+static void finish(struct worker *w)
+{
+	if (!uv_is_closing((uv_handle_t *)&w->stop_async))
+		uv_close((uv_handle_t *)&w->stop_async, NULL);
+	if (!uv_is_closing((uv_handle_t *)&w->shutdown_timer))
+		uv_close((uv_handle_t *)&w->shutdown_timer, NULL);
+}
+
+void worker_session_ended(struct worker *w)
+{
+	w->n_sessions--;
+	if (w->stopping && w->n_sessions == 0)
+		finish(w);
+}
+
+static void shutdown_timer_cb(uv_timer_t *t)
+{
+	struct worker *w = t->data;
+	struct session *s = w->sessions;
+	while (s) {
+		struct session *next = s->next; /* s stays alive until its close callbacks */
+		session_shutdown(s);
+		s = next;
+	}
+}
+
+static void stop_cb(uv_async_t *a)
+{
+	struct worker *w = a->data;
+	if (w->stopping)
+		return;
+	w->stopping = true;
+	for (size_t i = 0; i < w->n_listeners; i++)
+		if (!uv_is_closing((uv_handle_t *)&w->listeners[i].handle))
+			uv_close((uv_handle_t *)&w->listeners[i].handle, NULL);
+	if (w->n_sessions == 0) {
+		finish(w);
+		return;
+	}
+	log_msg(TF_LOG_INFO, "event=draining worker=%u sessions=%u", w->index, w->n_sessions);
+	uv_timer_start(&w->shutdown_timer, shutdown_timer_cb,
+		       (uint64_t)w->app->cfg->limits.shutdown_timeout * 1000, 0);
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	uv_run(&w->loop, UV_RUN_DEFAULT);
+	return NULL;
+}
+
+int worker_start(struct worker *w, unsigned index, const struct app *app, const int *fds,
+		 const enum listener_kind *kinds, size_t n)
+{
+	w->index = index;
+	w->app = app;
+	int rc = uv_loop_init(&w->loop);
+	if (rc < 0)
+		return rc;
+	w->listeners = calloc(n ? n : 1, sizeof(*w->listeners));
+	if (!w->listeners)
+		return -ENOMEM;
+	w->n_listeners = n;
+	uv_async_init(&w->loop, &w->stop_async, stop_cb);
+	w->stop_async.data = w;
+	uv_timer_init(&w->loop, &w->shutdown_timer);
+	w->shutdown_timer.data = w;
+	for (size_t i = 0; i < n; i++) {
+		struct listener *l = &w->listeners[i];
+		l->worker = w;
+		l->kind = kinds[i];
+		l->fd = fds[i];
+		uv_tcp_init(&w->loop, &l->handle);
+		l->handle.data = l;
+		if ((rc = uv_tcp_open(&l->handle, l->fd)) < 0 ||
+		    (rc = uv_listen((uv_stream_t *)&l->handle, 1024, connection_cb)) < 0)
+			return rc;
+	}
+	rc = pthread_create(&w->thread, NULL, worker_main, w);
+	return rc ? -rc : 0;
+}
+
+void worker_stop(struct worker *w)
+{
+	uv_async_send(&w->stop_async);
+}
+
+void worker_join(struct worker *w)
+{
+	pthread_join(w->thread, NULL);
+	uv_loop_close(&w->loop);
+	free(w->listeners);
+	w->listeners = NULL;
+}

@@ -1,0 +1,68 @@
+/* worker.h — one event-loop thread: its listeners, its sessions, its stop.
+ *
+ * Each worker owns a libuv loop, its own listening sockets on the shared
+ * addresses (SO_REUSEPORT, bound by main before any thread starts), and the
+ * sessions accepted on them; sessions never move between workers, so the
+ * data path takes no locks. Never makes SMTP decisions.
+ */
+#ifndef TLSFRONT_PROXY_WORKER_H
+#define TLSFRONT_PROXY_WORKER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+#include "certs/credentials.h"
+#include "policy/config.h"
+#include "proxy/address.h"
+
+#define WORKER_READ_BUF (64 * 1024)
+
+/* What every worker shares, read-only while they run. */
+struct app {
+	const struct tf_config *cfg; /* borrowed from main */
+	struct creds *creds;	     /* main's reference */
+	struct tf_addr backend;
+};
+
+enum listener_kind { LISTENER_TCP = 0, LISTENER_TLS };
+
+struct listener {
+	uv_tcp_t handle;
+	struct worker *worker;
+	enum listener_kind kind;
+	int fd; /* bound and listening, made by main */
+};
+
+struct session;
+
+struct worker {
+	unsigned index;
+	const struct app *app;
+	uv_loop_t loop;
+	uv_async_t stop_async;
+	uv_timer_t shutdown_timer;
+	struct listener *listeners; /* owned array */
+	size_t n_listeners;
+	struct session *sessions; /* intrusive list of live sessions */
+	unsigned n_sessions;
+	bool stopping;
+	pthread_t thread;
+	char read_buf[WORKER_READ_BUF];	 /* libuv reads land here */
+	char plain_buf[WORKER_READ_BUF]; /* decrypted TLS records */
+};
+
+/* Takes ownership of the listening fds in fds (n of them, kinds alike).
+ * Returns 0 or a negative errno. */
+int worker_start(struct worker *w, unsigned index, const struct app *app, const int *fds,
+		 const enum listener_kind *kinds, size_t n);
+/* Asks the worker to stop accepting and finish its sessions (thread-safe). */
+void worker_stop(struct worker *w);
+/* Waits for the thread to end and releases the loop. */
+void worker_join(struct worker *w);
+
+/* Called by a session when it is gone: the worker may now finish. */
+void worker_session_ended(struct worker *w);
+
+#endif

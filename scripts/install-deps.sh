@@ -1,0 +1,20 @@
+#!/bin/sh
+# install-deps.sh — installs, from Debian 12's packages, what tlsfront needs
+# to build, to run its demo, and to run every test. Safe to run again.
+set -eu
+PKGS="build-essential meson ninja-build pkg-config
+      libgnutls28-dev libuv1-dev libconfig-dev libcmocka-dev
+      gnutls-bin openssl swaks python3 python3-pytest python3-aiosmtpd
+      clang clang-format"
+missing=""
+for p in $PKGS; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+		missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	SUDO=""
+	[ "$(id -u)" -eq 0 ] || SUDO=sudo
+	echo "installing:$missing"
+	$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+	$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+fi
