@@ -31,6 +31,8 @@
  *        inbound.tls.name_and_password  (only true)
  *        inbound.tls.proxy_protocol     (only false)
  *        outbound.enabled               (only false)
+ *        limits.max_connections         (only 10000)
+ *        limits.max_connections_per_ip  (only 100)
  *        user                           (only "")
  *
  * Ranges (the upper bounds keep a timeout in milliseconds, as libuv timers
@@ -175,6 +177,8 @@ static const char *const not_supported_yet[] = {
 	"inbound.tls.name_and_password",
 	"inbound.tls.proxy_protocol",
 	"outbound.enabled",
+	"limits.max_connections",
+	"limits.max_connections_per_ip",
 	"user",
 };
 // clang-format on

@@ -453,6 +453,11 @@ static void session_step(struct session *s)
 			s->id, s->client_addr, a->discarded);
 	if (a->note)
 		log_msg(TF_LOG_INFO, "event=note id=%s note=\"%s\"", s->id, a->note);
+	if (s->machine.messages != s->logged_messages) {
+		s->logged_messages = s->machine.messages;
+		log_msg(TF_LOG_INFO, "event=delivered id=%s client=%s tls=%s message=%u", s->id,
+			s->client_addr, tls_io_version(s->tls), s->machine.messages);
+	}
 	if (a->progress && !s->handshaking && s->backend_connected)
 		arm_timer(s, s->worker->app->cfg->limits.idle_timeout);
 	bool start_tls = a->start_tls;

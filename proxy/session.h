@@ -55,6 +55,7 @@ struct session {
 
 	char client_addr[64];
 	uint64_t bytes_in, bytes_out;
+	unsigned logged_messages; /* messages already logged as delivered */
 	uint64_t start_ms;
 };
 
