@@ -24,11 +24,7 @@
  *      combination error is reported as what it is. The keys are, one row
  *      each in `not_supported_yet[]` (delete a row when its feature lands):
  *        backend.client_info            (only "none")
- *        inbound.tcp.require_tls        (only false)
- *        inbound.tcp.name_and_password  (only false)
  *        inbound.tcp.proxy_protocol     (only false)
- *        inbound.tls.enabled            (only false)
- *        inbound.tls.name_and_password  (only true)
  *        inbound.tls.proxy_protocol     (only false)
  *        outbound.enabled               (only false)
  *        limits.max_connections         (only 10000)
@@ -170,11 +166,7 @@ static const struct leaf leaves[] = {
  * the top of this file). Delete a row when its feature lands. */
 static const char *const not_supported_yet[] = {
 	"backend.client_info",
-	"inbound.tcp.require_tls",
-	"inbound.tcp.name_and_password",
 	"inbound.tcp.proxy_protocol",
-	"inbound.tls.enabled",
-	"inbound.tls.name_and_password",
 	"inbound.tls.proxy_protocol",
 	"outbound.enabled",
 	"limits.max_connections",

@@ -108,6 +108,13 @@ static int add_listeners(struct runtime *rt, const struct tf_listener_config *lc
 		address_format((struct sockaddr *)&b->addr.ss, text, sizeof(text));
 		log_msg(TF_LOG_INFO, "event=listening listener=%s address=%s workers=%u",
 			kind == LISTENER_TLS ? "tls" : "tcp", text, rt->n_workers);
+		if (kind == LISTENER_TCP && lc->require_tls &&
+		    address_port((struct sockaddr *)&b->addr.ss) == 25)
+			log_msg(TF_LOG_WARN,
+				"event=config_warning address=%s note=\"require_tls on port 25: "
+				"RFC 3207 section 4 forbids a publicly referenced MX to require "
+				"TLS; senders without TLS cannot deliver\"",
+				text);
 	}
 	return 0;
 }

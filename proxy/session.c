@@ -32,6 +32,7 @@ struct write_req {
 
 static void session_step(struct session *s);
 static void pump_tls(struct session *s);
+static void start_backend(struct session *s);
 
 static uv_stream_t *client_stream(struct session *s)
 {
@@ -77,6 +78,12 @@ static void close_handle(uv_handle_t *h)
 		uv_close(h, handle_closed_cb);
 }
 
+static void close_backend(struct session *s)
+{
+	if (s->backend_open)
+		close_handle((uv_handle_t *)&s->backend);
+}
+
 static void log_summary(struct session *s)
 {
 	char sni[300] = "none", sni_value[310];
@@ -119,7 +126,7 @@ void session_close(struct session *s, enum smtp_close_reason reason)
 	s->reason = reason;
 	log_summary(s);
 
-	close_handle((uv_handle_t *)&s->backend);
+	close_backend(s);
 	if (uv_is_closing((uv_handle_t *)&s->client)) {
 		close_handle((uv_handle_t *)&s->timer);
 		return;
@@ -231,14 +238,15 @@ static void timer_cb(uv_timer_t *t)
 	struct session *s = t->data;
 	if (s->closing)
 		return;
+	if (s->handshaking) {
+		log_msg(TF_LOG_INFO, "event=tls_timeout id=%s client=%s", s->id, s->client_addr);
+		session_close(s, CLOSE_TIMEOUT);
+		return;
+	}
 	if (!s->backend_connected) {
 		log_msg(TF_LOG_WARN, "event=backend_timeout id=%s backend=%s", s->id,
 			s->worker->app->backend.text);
 		smtp_machine_backend_unavailable(&s->machine);
-	} else if (s->handshaking) {
-		log_msg(TF_LOG_INFO, "event=tls_timeout id=%s", s->id);
-		session_close(s, CLOSE_TIMEOUT);
-		return;
 	} else {
 		smtp_machine_timeout(&s->machine);
 	}
@@ -292,6 +300,12 @@ static void do_handshake(struct session *s)
 	log_msg(TF_LOG_INFO, "event=tls id=%s tls=%s cipher=%s sni=%s", s->id,
 		tls_io_version(s->tls), tls_io_cipher(s->tls),
 		log_value(sni_value, sizeof(sni_value), sni));
+	if (s->kind == LISTENER_TLS) {
+		/* §3.1: on the TLS port the handshake comes first, then the
+		 * backend. */
+		start_backend(s);
+		return;
+	}
 	arm_timer(s, s->worker->app->cfg->limits.idle_timeout);
 	smtp_machine_tls_established(&s->machine);
 	session_step(s);
@@ -389,7 +403,7 @@ static void backend_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 		return;
 	if (nread < 0) {
 		s->backend_gone = true;
-		close_handle((uv_handle_t *)&s->backend);
+		close_backend(s);
 		smtp_machine_backend_closed(&s->machine);
 	} else {
 		smtp_machine_feed_backend(&s->machine, b->base, (size_t)nread);
@@ -430,7 +444,7 @@ static void session_step(struct session *s)
 
 	if (a->drop_backend && !s->backend_gone) {
 		s->backend_gone = true;
-		close_handle((uv_handle_t *)&s->backend);
+		close_backend(s);
 		log_msg(TF_LOG_INFO, "event=backend_dropped id=%s", s->id);
 	}
 	data = buf_take(&a->to_backend, &len);
@@ -508,6 +522,7 @@ static int backend_connect(struct session *s)
 		uv_pipe_init(loop, &s->backend.pipe, 0);
 		s->backend.pipe.data = s;
 		s->open_handles++;
+		s->backend_open = true;
 		uv_pipe_connect(&s->connect_req, &s->backend.pipe,
 				((const struct sockaddr_un *)&a->ss)->sun_path, connect_cb);
 		return 0;
@@ -515,8 +530,25 @@ static int backend_connect(struct session *s)
 	uv_tcp_init(loop, &s->backend.tcp);
 	s->backend.tcp.data = s;
 	s->open_handles++;
+	s->backend_open = true;
 	return uv_tcp_connect(&s->connect_req, &s->backend.tcp, (const struct sockaddr *)&a->ss,
 			      connect_cb);
+}
+
+/* Connects to the backend; the greeting is relayed when it comes. */
+static void start_backend(struct session *s)
+{
+	int rc = backend_connect(s);
+	if (rc != 0) {
+		log_msg(TF_LOG_WARN, "event=backend_unavailable id=%s backend=%s error=\"%s\"",
+			s->id, s->worker->app->backend.text, uv_strerror(rc));
+		s->backend_gone = true;
+		smtp_machine_backend_unavailable(&s->machine);
+		session_step(s);
+		return;
+	}
+	arm_timer(s, s->worker->app->cfg->backend.connect_timeout);
+	update_reads(s);
 }
 
 static void machine_config(const struct app *app, enum listener_kind kind,
@@ -585,15 +617,11 @@ void session_accept(struct listener *l)
 	log_msg(TF_LOG_DEBUG, "event=connect id=%s listener=%s client=%s", s->id,
 		l->kind == LISTENER_TLS ? "tls" : "tcp", s->client_addr);
 
-	int rc = backend_connect(s);
-	if (rc != 0) {
-		log_msg(TF_LOG_WARN, "event=backend_unavailable id=%s backend=%s error=\"%s\"",
-			s->id, w->app->backend.text, uv_strerror(rc));
-		s->backend_gone = true;
-		smtp_machine_backend_unavailable(&s->machine);
-		session_step(s);
+	if (l->kind == LISTENER_TLS) {
+		begin_tls(s);
+		if (!s->closing)
+			update_reads(s);
 		return;
 	}
-	arm_timer(s, w->app->cfg->backend.connect_timeout);
-	update_reads(s);
+	start_backend(s);
 }

@@ -8,7 +8,9 @@
  *
  * Ownership, member by member:
  *   client, backend, timer  libuv handles; each counts in open_handles until
- *                           its close callback runs; the last one frees.
+ *                           its close callback runs; the last one frees. The
+ *                           backend handle exists once backend_open is set
+ *                           (on the TLS port, after the handshake).
  *   machine                 owned; freed with the session.
  *   tls                     owned (NULL until STARTTLS or the TLS port).
  *   creds                   one reference, dropped when the session is freed.
@@ -44,6 +46,7 @@ struct session {
 	struct tls_io *tls;
 	struct creds *creds;
 
+	bool backend_open; /* the backend handle was initialised */
 	bool backend_connected;
 	bool backend_gone; /* closed, failed, or dropped */
 	bool handshaking;  /* client TLS handshake in progress */

@@ -270,7 +270,8 @@ static void test_s2_every_key_is_read(void **state)
 		"  ca_file = \"/etc/ssl/ca.pem\";\n"
 		"  connect_timeout = 60;\n"
 		"};\n"
-		"limits = { max_connections = 10000L; max_connections_per_ip = 100; idle_timeout = 60;\n"
+		"limits = { max_connections = 10000L; max_connections_per_ip = 100; idle_timeout = "
+		"60;\n"
 		"  line_length = 4096; max_errors = 3; shutdown_timeout = 2; };\n"
 		"bare_newlines = \"reject\";\n"
 		"log = { level = \"debug\"; };\n",
@@ -672,15 +673,15 @@ static void test_s2_empty_listen_when_enabled_is_error(void **state)
 	expect_errors(cases, COUNT(cases));
 }
 
-/* Combinations are found before "not supported yet": require_tls = true
- * alone is not supported, but with starttls = false it is impossible. */
+/* Combinations are found before "not supported yet": outbound alone is not
+ * supported, but "verify" with "original-destination" is impossible. */
 static void test_s2_combination_is_reported_before_not_supported_yet(void **state)
 {
 	(void)state;
 	static const struct bad_case cases[] = {
 	    {"inbound = { tcp = {\n require_tls = true;\n starttls = false; #<\n}; };\n",
 	     "needs inbound.tcp.starttls = true", NULL},
-	    /* The TLS port's listen is empty while enabled (not supported yet). */
+	    /* The TLS port's listen is empty while enabled. */
 	    {"inbound = { tls = {\n enabled = true;\n listen = []; #<\n}; };\n",
 	     "inbound.tls.listen: expected at least one address", NULL},
 	    {"outbound = {\n enabled = true;\n tls = \"verify\";\n"
@@ -703,16 +704,30 @@ static void test_s2_not_supported_yet_default_value_is_accepted(void **state)
 	(void)state;
 	static const char *const good[] = {
 	    "backend = { client_info = \"none\"; };",
-	    "inbound = { tcp = { require_tls = false; }; };",
-	    "inbound = { tcp = { name_and_password = false; }; };",
 	    "inbound = { tcp = { proxy_protocol = false; }; };",
-	    "inbound = { tls = { enabled = false; }; };",
-	    "inbound = { tls = { name_and_password = true; }; };",
 	    "inbound = { tls = { proxy_protocol = false; }; };",
 	    "outbound = { enabled = false; };",
 	    "user = \"\";",
 	};
 	expect_loads(good, COUNT(good));
+}
+
+/* §3.5, §3.6 and the TLS port are built: their keys take any valid value. */
+static void test_s3_6_policy_keys_load(void **state)
+{
+	(void)state;
+	struct tf_config cfg;
+	load_ok("inbound = {\n"
+		"  tcp = { require_tls = true; name_and_password = true; };\n"
+		"  tls = { enabled = true; listen = [ \"127.0.0.1:465\" ];\n"
+		"          name_and_password = false; };\n"
+		"};\n",
+		&cfg);
+	assert_true(cfg.inbound.tcp.require_tls);
+	assert_true(cfg.inbound.tcp.name_and_password);
+	assert_true(cfg.inbound.tls.enabled);
+	assert_false(cfg.inbound.tls.name_and_password);
+	config_free(&cfg);
 }
 
 static void test_s2_not_supported_yet_value_is_error(void **state)
@@ -725,16 +740,8 @@ static void test_s2_not_supported_yet_value_is_error(void **state)
 	     "backend.client_info: not supported yet", NULL},
 	    {"backend = {\n client_info = \"proxy-v2\"; #<\n};\n",
 	     "backend.client_info: not supported yet", NULL},
-	    {"inbound = { tcp = {\n require_tls = true; #<\n}; };\n",
-	     "inbound.tcp.require_tls: not supported yet", NULL},
-	    {"inbound = { tcp = {\n name_and_password = true; #<\n}; };\n",
-	     "inbound.tcp.name_and_password: not supported yet", NULL},
 	    {"inbound = { tcp = {\n proxy_protocol = true; #<\n}; };\n",
 	     "inbound.tcp.proxy_protocol: not supported yet", NULL},
-	    {"inbound = { tls = {\n enabled = true; #<\n}; };\n",
-	     "inbound.tls.enabled: not supported yet", NULL},
-	    {"inbound = { tls = {\n name_and_password = false; #<\n}; };\n",
-	     "inbound.tls.name_and_password: not supported yet", NULL},
 	    {"inbound = { tls = {\n proxy_protocol = true; #<\n}; };\n",
 	     "inbound.tls.proxy_protocol: not supported yet", NULL},
 	    {"outbound = {\n enabled = true; #<\n};\n", "outbound.enabled: not supported yet",
@@ -745,10 +752,10 @@ static void test_s2_not_supported_yet_value_is_error(void **state)
 	    {"limits = {\n max_connections_per_ip = 5; #<\n};\n",
 	     "limits.max_connections_per_ip: not supported yet", NULL},
 	    /* Several: the first in the file. */
-	    {"user = \"mail\"; #<\ninbound = { tls = { enabled = true; }; };\n",
-	     "user: not supported yet", NULL},
-	    {"inbound = { tls = { enabled = true; }; }; #<\nuser = \"mail\";\n",
-	     "inbound.tls.enabled: not supported yet", NULL},
+	    {"user = \"mail\"; #<\noutbound = { enabled = true; };\n", "user: not supported yet",
+	     NULL},
+	    {"outbound = { enabled = true; }; #<\nuser = \"mail\";\n",
+	     "outbound.enabled: not supported yet", NULL},
 	};
 	expect_errors(cases, COUNT(cases));
 
@@ -899,6 +906,7 @@ int main(void)
 	    cmocka_unit_test(test_s2_parse_error_has_file_and_line),
 	    cmocka_unit_test(test_s2_unreadable_file_is_error),
 	    cmocka_unit_test(test_s2_require_tls_without_starttls_is_error_at_later_key),
+	    cmocka_unit_test(test_s3_6_policy_keys_load),
 	    cmocka_unit_test(test_s7_11_no_listener_enabled_is_error_at_last_enabled_false),
 	    cmocka_unit_test(test_s2_verify_with_original_destination_is_error_at_later_key),
 	    cmocka_unit_test(test_s2_empty_listen_when_enabled_is_error),
