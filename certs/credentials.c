@@ -14,7 +14,6 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdatomic.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -286,7 +285,10 @@ int creds_server_session(struct creds *c, gnutls_session_t *session)
 	/* SPEC §5 / §7.7: "smtp" is selected when offered; GNUTLS_ALPN_MANDATORY
 	 * fails the handshake with GNUTLS_E_NO_APPLICATION_PROTOCOL when the
 	 * client's ALPN list lacks it, and leaves alone a client that sends no
-	 * ALPN extension at all (checked by test_credentials.c). */
+	 * ALPN extension at all (checked by test_credentials.c, GnuTLS 3.7.9).
+	 * GnuTLS sends no alert by itself: the caller answers a fatal
+	 * handshake error with gnutls_alert_send_appropriate(), which turns
+	 * this one into the no_application_protocol alert. */
 	if ((rc = gnutls_alpn_set_protocols(s, &alpn_smtp, 1, GNUTLS_ALPN_MANDATORY)) < 0)
 		goto fail;
 	/* TLS 1.2 renegotiation: the caller treats GNUTLS_E_REHANDSHAKE from

@@ -42,7 +42,10 @@ void creds_unref(struct creds *c); /* thread-safe; frees at zero; NULL is a no-o
 /* Prepares a new server session with these credentials: certificate
  * credentials, priorities, session tickets, ALPN "smtp" (SPEC §5 ALPN rule),
  * renegotiation refused. Returns 0 or a negative GnuTLS error code. The
- * caller owns *session and sets its transport functions. */
+ * caller owns *session and sets its transport functions. GnuTLS sends no
+ * alert on a failed handshake by itself: the caller calls
+ * gnutls_alert_send_appropriate() with the error (for the ALPN refusal,
+ * GNUTLS_E_NO_APPLICATION_PROTOCOL, that is no_application_protocol). */
 int creds_server_session(struct creds *c, gnutls_session_t *session);
 
 /* Writes the SHA-256 fingerprint of the first certificate, as hex with colons,

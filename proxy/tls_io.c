@@ -98,6 +98,9 @@ int tls_io_handshake(struct tls_io *t)
 	}
 	if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED)
 		return TLSIO_AGAIN;
+	/* Tell the client why (no_application_protocol for the ALPN rule of
+	 * SPEC §5, handshake_failure, ...): GnuTLS does not send it itself. */
+	gnutls_alert_send_appropriate(t->session, rc);
 	return fail(t, rc);
 }
 
@@ -138,8 +141,10 @@ int tls_io_send(struct tls_io *t, const char *p, size_t n)
 			n -= (size_t)rc;
 			continue;
 		}
-		if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED)
-			continue; /* push never blocks; a retry makes progress */
+		/* 0: GnuTLS flushed data of its own (a session ticket);
+		 * the push never blocks, so a retry makes progress. */
+		if (rc == 0 || rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED)
+			continue;
 		return fail(t, (int)rc);
 	}
 	return TLSIO_OK;
