@@ -1,0 +1,111 @@
+/* conn_limits.c — the connection counters of conn_limits.h: a total and an
+ * open-addressing hash table of per-IP counts, bounded by max_total entries.
+ * Never does I/O. */
+#include "proxy/conn_limits.h"
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct ip_slot {
+	unsigned char ip[16]; /* IPv4 as ::ffff:a.b.c.d */
+	unsigned count;	      /* 0: free (tombstones are count 0 with used set) */
+	bool used;
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ip_slot *slots;
+static size_t n_slots;
+static unsigned total, limit_total, limit_per_ip;
+
+int conn_limits_init(unsigned max_total, unsigned max_per_ip)
+{
+	limit_total = max_total;
+	limit_per_ip = max_per_ip;
+	/* At most max_total addresses are live at once: twice that many slots
+	 * keep the probe sequences short. */
+	n_slots = 2 * (size_t)max_total + 1;
+	slots = calloc(n_slots, sizeof(*slots));
+	return slots ? 0 : -1;
+}
+
+void conn_limits_free(void)
+{
+	free(slots);
+	slots = NULL;
+	n_slots = 0;
+	total = 0;
+}
+
+static void key_of(const struct sockaddr *sa, unsigned char ip[16])
+{
+	memset(ip, 0, 16);
+	if (sa->sa_family == AF_INET) {
+		ip[10] = ip[11] = 0xff;
+		memcpy(ip + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+	} else if (sa->sa_family == AF_INET6) {
+		memcpy(ip, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+	}
+}
+
+static size_t hash_of(const unsigned char ip[16])
+{
+	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+	for (int i = 0; i < 16; i++)
+		h = (h ^ ip[i]) * 1099511628211ULL;
+	return (size_t)(h % n_slots);
+}
+
+/* The slot holding ip, or the first reusable slot on its probe path. */
+static struct ip_slot *find(const unsigned char ip[16], bool create)
+{
+	size_t i = hash_of(ip);
+	struct ip_slot *reuse = NULL;
+	for (size_t probes = 0; probes < n_slots; probes++, i = (i + 1) % n_slots) {
+		struct ip_slot *s = &slots[i];
+		if (!s->used) {
+			return create ? (reuse ? reuse : s) : NULL;
+		}
+		if (s->count && memcmp(s->ip, ip, 16) == 0)
+			return s;
+		if (!s->count && !reuse)
+			reuse = s;
+	}
+	return create ? reuse : NULL;
+}
+
+bool conn_limits_admit(const struct sockaddr *addr)
+{
+	unsigned char ip[16];
+	key_of(addr, ip);
+	bool ok = false;
+	pthread_mutex_lock(&lock);
+	if (total < limit_total) {
+		struct ip_slot *s = find(ip, true);
+		if (s && s->count < limit_per_ip) {
+			if (!s->count)
+				memcpy(s->ip, ip, 16);
+			s->used = true;
+			s->count++;
+			total++;
+			ok = true;
+		}
+	}
+	pthread_mutex_unlock(&lock);
+	return ok;
+}
+
+void conn_limits_release(const struct sockaddr *addr)
+{
+	unsigned char ip[16];
+	key_of(addr, ip);
+	pthread_mutex_lock(&lock);
+	struct ip_slot *s = find(ip, false);
+	if (s && s->count) {
+		s->count--; /* count 0 with used set: a tombstone, reusable */
+		total--;
+	}
+	pthread_mutex_unlock(&lock);
+}

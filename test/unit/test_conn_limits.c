@@ -1,0 +1,88 @@
+/* test_conn_limits.c — limits.max_connections and max_connections_per_ip
+ * counters (SPEC §3.1): admit up to each bound, release frees the place,
+ * IPv4 and IPv6 kept apart, churn over many addresses stays correct. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <string.h>
+
+#include "proxy/conn_limits.h"
+
+static struct sockaddr_in v4(unsigned last)
+{
+	struct sockaddr_in a;
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(0x7f000000u | last);
+	a.sin_port = htons((unsigned short)(1000 + last)); /* the port never matters */
+	return a;
+}
+
+static void test_s3_1_per_ip_limit(void **state)
+{
+	(void)state;
+	assert_int_equal(conn_limits_init(10, 2), 0);
+	struct sockaddr_in a = v4(2), b = v4(3);
+	assert_true(conn_limits_admit((struct sockaddr *)&a));
+	a.sin_port = htons(9);
+	assert_true(conn_limits_admit((struct sockaddr *)&a));
+	assert_false(conn_limits_admit((struct sockaddr *)&a)); /* third from 127.0.0.2 */
+	assert_true(conn_limits_admit((struct sockaddr *)&b));	/* another address */
+	conn_limits_release((struct sockaddr *)&a);
+	assert_true(conn_limits_admit((struct sockaddr *)&a));
+	conn_limits_release((struct sockaddr *)&a);
+	conn_limits_release((struct sockaddr *)&a);
+	conn_limits_release((struct sockaddr *)&b);
+	conn_limits_free();
+}
+
+static void test_s3_1_total_limit_and_v6(void **state)
+{
+	(void)state;
+	assert_int_equal(conn_limits_init(3, 3), 0);
+	struct sockaddr_in6 six;
+	memset(&six, 0, sizeof(six));
+	six.sin6_family = AF_INET6;
+	inet_pton(AF_INET6, "::1", &six.sin6_addr);
+	struct sockaddr_in a = v4(1);
+	assert_true(conn_limits_admit((struct sockaddr *)&six));
+	assert_true(conn_limits_admit((struct sockaddr *)&a));
+	assert_true(conn_limits_admit((struct sockaddr *)&a));
+	assert_false(conn_limits_admit((struct sockaddr *)&six)); /* total reached */
+	conn_limits_release((struct sockaddr *)&a);
+	assert_true(conn_limits_admit((struct sockaddr *)&six));
+	conn_limits_free();
+}
+
+static void test_s3_1_churn_over_many_addresses(void **state)
+{
+	(void)state;
+	assert_int_equal(conn_limits_init(50, 1), 0);
+	for (unsigned round = 0; round < 200; round++) {
+		for (unsigned i = 0; i < 50; i++) {
+			struct sockaddr_in a = v4(round * 50 + i);
+			assert_true(conn_limits_admit((struct sockaddr *)&a));
+		}
+		struct sockaddr_in extra = v4(99999);
+		assert_false(conn_limits_admit((struct sockaddr *)&extra));
+		for (unsigned i = 0; i < 50; i++) {
+			struct sockaddr_in a = v4(round * 50 + i);
+			conn_limits_release((struct sockaddr *)&a);
+		}
+	}
+	conn_limits_free();
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_s3_1_per_ip_limit),
+	    cmocka_unit_test(test_s3_1_total_limit_and_v6),
+	    cmocka_unit_test(test_s3_1_churn_over_many_addresses),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
