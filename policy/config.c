@@ -23,12 +23,7 @@
  *      feature this version does not have. They are checked last so that a
  *      combination error is reported as what it is. The keys are, one row
  *      each in `not_supported_yet[]` (delete a row when its feature lands):
- *        backend.client_info            (only "none")
- *        inbound.tcp.proxy_protocol     (only false)
- *        inbound.tls.proxy_protocol     (only false)
  *        outbound.enabled               (only false)
- *        limits.max_connections         (only 10000)
- *        limits.max_connections_per_ip  (only 100)
  *        user                           (only "")
  *
  * Ranges (the upper bounds keep a timeout in milliseconds, as libuv timers
@@ -165,12 +160,7 @@ static const struct leaf leaves[] = {
 /* Keys accepted only at their default value in this version (the list at
  * the top of this file). Delete a row when its feature lands. */
 static const char *const not_supported_yet[] = {
-	"backend.client_info",
-	"inbound.tcp.proxy_protocol",
-	"inbound.tls.proxy_protocol",
 	"outbound.enabled",
-	"limits.max_connections",
-	"limits.max_connections_per_ip",
 	"user",
 };
 // clang-format on

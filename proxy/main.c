@@ -19,6 +19,7 @@
 #include "certs/credentials.h"
 #include "policy/config.h"
 #include "proxy/address.h"
+#include "proxy/conn_limits.h"
 #include "proxy/listener.h"
 #include "proxy/log.h"
 #include "proxy/worker.h"
@@ -181,6 +182,10 @@ static int run(struct runtime *rt)
 		return 1;
 	}
 
+	if (conn_limits_init(cfg->limits.max_connections, cfg->limits.max_connections_per_ip) < 0) {
+		log_msg(TF_LOG_ERROR, "event=error error=\"out of memory\"");
+		return 1;
+	}
 	rt->n_workers = worker_count(cfg);
 	rt->bound = calloc(2 * TF_MAX_LISTEN, sizeof(*rt->bound));
 	if (!rt->bound)
@@ -250,6 +255,7 @@ static int run(struct runtime *rt)
 	for (unsigned i = 0; i < started; i++)
 		worker_join(&rt->workers[i]);
 	uv_loop_close(loop);
+	conn_limits_free();
 	if (started == rt->n_workers)
 		log_msg(TF_LOG_INFO, "event=stopped");
 	return started == rt->n_workers ? 0 : 1;

@@ -15,12 +15,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/un.h>
 
+#include "proxy/conn_limits.h"
 #include "proxy/log.h"
+#include "proxy/proxy_protocol.h"
 
 #define SESSION_MAX_IN_FLIGHT (256 * 1024)
 #define SESSION_LINGER_MS     10000 /* how long a closing client may take to drain */
+#define PROXY_HEADER_TIMEOUT  10    /* seconds for a balancer's PROXY header */
 
 static atomic_ulong session_counter;
 
@@ -33,6 +38,9 @@ struct write_req {
 static void session_step(struct session *s);
 static void pump_tls(struct session *s);
 static void start_backend(struct session *s);
+static void after_greeting_ready(struct session *s);
+static void read_proxy_header(struct session *s, const char *p, size_t n);
+static bool send_proxy_header(struct session *s);
 
 static uv_stream_t *client_stream(struct session *s)
 {
@@ -55,6 +63,8 @@ static void free_session(struct session *s)
 		w->sessions = s->next;
 	if (s->next)
 		s->next->prev = s->prev;
+	if (s->admitted)
+		conn_limits_release((struct sockaddr *)&s->peer);
 	smtp_machine_free(&s->machine);
 	if (s->tls) {
 		tls_io_free(s->tls);
@@ -238,6 +248,12 @@ static void timer_cb(uv_timer_t *t)
 	struct session *s = t->data;
 	if (s->closing)
 		return;
+	if (s->awaiting_proxy) {
+		log_msg(TF_LOG_INFO, "event=proxy_header_timeout id=%s balancer=%s", s->id,
+			s->client_addr);
+		session_close(s, CLOSE_ERROR);
+		return;
+	}
 	if (s->handshaking) {
 		log_msg(TF_LOG_INFO, "event=tls_timeout id=%s client=%s", s->id, s->client_addr);
 		session_close(s, CLOSE_TIMEOUT);
@@ -303,7 +319,7 @@ static void do_handshake(struct session *s)
 	if (s->kind == LISTENER_TLS) {
 		/* §3.1: on the TLS port the handshake comes first, then the
 		 * backend. */
-		start_backend(s);
+		after_greeting_ready(s);
 		return;
 	}
 	arm_timer(s, s->worker->app->cfg->limits.idle_timeout);
@@ -322,7 +338,7 @@ static bool client_wanted(struct session *s)
 {
 	if (s->closing)
 		return false;
-	if (s->handshaking)
+	if (s->handshaking || s->awaiting_proxy)
 		return true;
 	return smtp_machine_wants_client_input(&s->machine) && !backend_backlogged(s);
 }
@@ -370,22 +386,16 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 	*b = uv_buf_init(s->worker->read_buf, sizeof(s->worker->read_buf));
 }
 
-static void client_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+/* Bytes from the client's socket: to TLS or, in plaintext, to the machine. */
+static void client_bytes(struct session *s, const char *p, size_t n)
 {
-	struct session *s = st->data;
-	if (s->closing || nread == 0)
-		return;
-	if (nread < 0) {
-		session_close(s, s->handshaking ? CLOSE_TLS_ERROR : CLOSE_CLIENT_CLOSED);
-		return;
-	}
 	if (!s->tls) {
-		s->bytes_in += (uint64_t)nread;
-		smtp_machine_feed_client(&s->machine, b->base, (size_t)nread);
+		s->bytes_in += n;
+		smtp_machine_feed_client(&s->machine, p, n);
 		session_step(s);
 		return;
 	}
-	if (!tls_io_feed(s->tls, b->base, (size_t)nread)) {
+	if (!tls_io_feed(s->tls, p, n)) {
 		session_close(s, CLOSE_ERROR);
 		return;
 	}
@@ -394,6 +404,23 @@ static void client_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	else
 		pump_tls(s);
 	session_step(s);
+}
+
+static void client_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+	struct session *s = st->data;
+	if (s->closing || nread == 0)
+		return;
+	if (nread < 0) {
+		session_close(s, s->handshaking	     ? CLOSE_TLS_ERROR
+				 : s->awaiting_proxy ? CLOSE_ERROR
+						     : CLOSE_CLIENT_CLOSED);
+		return;
+	}
+	if (s->awaiting_proxy)
+		read_proxy_header(s, b->base, (size_t)nread);
+	else
+		client_bytes(s, b->base, (size_t)nread);
 }
 
 static void backend_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
@@ -509,6 +536,8 @@ static void connect_cb(uv_connect_t *req, int status)
 	s->backend_connected = true;
 	if (!s->worker->app->backend.is_unix)
 		uv_tcp_nodelay(&s->backend.tcp, 1);
+	if (!send_proxy_header(s))
+		return;
 	arm_timer(s, s->worker->app->cfg->limits.idle_timeout);
 	session_step(s);
 }
@@ -533,6 +562,48 @@ static int backend_connect(struct session *s)
 	s->backend_open = true;
 	return uv_tcp_connect(&s->connect_req, &s->backend.tcp, (const struct sockaddr *)&a->ss,
 			      connect_cb);
+}
+
+/* backend.client_info = "proxy-v1"/"proxy-v2" (§3.3): the header is the
+ * first thing the backend receives; its destination is the address the
+ * client connected to. Returns false when the session was closed. */
+static bool send_proxy_header(struct session *s)
+{
+	enum tf_client_info ci = s->worker->app->cfg->backend.client_info;
+	if (ci != TF_CLIENT_INFO_PROXY_V1 && ci != TF_CLIENT_INFO_PROXY_V2)
+		return true;
+	char *hdr = malloc(PP_HEADER_MAX);
+	int n = -1;
+	if (hdr && ci == TF_CLIENT_INFO_PROXY_V1)
+		n = pp_build_v1((struct sockaddr *)&s->peer, (struct sockaddr *)&s->local, hdr,
+				PP_HEADER_MAX);
+	else if (hdr)
+		n = pp_build_v2((struct sockaddr *)&s->peer, (struct sockaddr *)&s->local,
+				(unsigned char *)hdr, PP_HEADER_MAX);
+	if (n < 0) {
+		free(hdr);
+		log_msg(TF_LOG_ERROR,
+			"event=proxy_header_error id=%s note=\"cannot describe "
+			"client %s in a PROXY header\"",
+			s->id, s->client_addr);
+		smtp_machine_backend_unavailable(&s->machine);
+		session_step(s);
+		return false;
+	}
+	write_to(s, backend_stream(s), hdr, (size_t)n);
+	return !s->closing;
+}
+
+/* The client may now be greeted: over a limit it gets 421 4.7.0, else the
+ * backend is connected and its greeting relayed. */
+static void after_greeting_ready(struct session *s)
+{
+	if (!s->admitted) {
+		smtp_machine_limit(&s->machine);
+		session_step(s);
+		return;
+	}
+	start_backend(s);
 }
 
 /* Connects to the backend; the greeting is relayed when it comes. */
@@ -565,6 +636,90 @@ static void machine_config(const struct app *app, enum listener_kind kind,
 	mc->max_errors = cfg->limits.max_errors;
 	mc->reject_bare = cfg->bare_newlines == TF_BARE_REJECT;
 	mc->server_name = cfg->server_name;
+	mc->xclient = cfg->backend.client_info == TF_CLIENT_INFO_XCLIENT;
+}
+
+/* The client's address as XCLIENT writes it: "192.0.2.7", "IPV6:2001:db8::7". */
+static void xclient_address(const struct sockaddr_storage *ss, char *out, size_t outlen,
+			    unsigned *port)
+{
+	char ip[INET6_ADDRSTRLEN] = "";
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+		inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+		snprintf(out, outlen, "IPV6:%s", ip);
+	} else {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+		inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+		snprintf(out, outlen, "%s", ip);
+	}
+	*port = address_port((const struct sockaddr *)ss);
+}
+
+/* The client's address is final (from the socket, or from the PROXY header):
+ * count it against the limits, start the machine, then TLS or the backend. */
+static void session_begin(struct session *s)
+{
+	const struct app *app = s->worker->app;
+	address_format((struct sockaddr *)&s->peer, s->client_addr, sizeof(s->client_addr));
+	log_msg(TF_LOG_DEBUG, "event=connect id=%s listener=%s client=%s", s->id,
+		s->kind == LISTENER_TLS ? "tls" : "tcp", s->client_addr);
+	struct smtp_machine_config mc;
+	machine_config(app, s->kind, &mc);
+	if (mc.xclient)
+		xclient_address(&s->peer, mc.xclient_addr, sizeof(mc.xclient_addr),
+				&mc.xclient_port);
+	smtp_machine_init(&s->machine, &mc);
+	s->admitted = conn_limits_admit((struct sockaddr *)&s->peer);
+	if (!s->admitted)
+		log_msg(TF_LOG_INFO, "event=limit id=%s client=%s", s->id, s->client_addr);
+
+	if (s->kind == LISTENER_TLS) {
+		/* §3.1: on the TLS port the handshake comes first (a 421 for
+		 * a limit too is sent over TLS, where the client can read it). */
+		begin_tls(s);
+		if (!s->closing)
+			update_reads(s);
+		return;
+	}
+	after_greeting_ready(s);
+}
+
+/* Reads the PROXY header a load balancer sends first (§3.3, §7.10): strict,
+ * short timeout, and no reply at all when it is missing or malformed. */
+static void read_proxy_header(struct session *s, const char *p, size_t n)
+{
+	size_t room = sizeof(s->pp_buf) - s->pp_len;
+	size_t take = n < room ? n : room;
+	memcpy(s->pp_buf + s->pp_len, p, take);
+	s->pp_len += take;
+	struct pp_header h;
+	size_t used = 0;
+	enum pp_result r = pp_parse(s->pp_buf, s->pp_len, &h, &used);
+	if (r == PP_MORE && take == n)
+		return;
+	if (r != PP_DONE) {
+		log_msg(TF_LOG_INFO, "event=proxy_header_error id=%s balancer=%s", s->id,
+			s->client_addr);
+		session_close(s, CLOSE_ERROR);
+		return;
+	}
+	s->awaiting_proxy = false;
+	if (!h.local) {
+		s->peer = h.src;
+		s->local = h.dst;
+	}
+	/* What followed the header in this read belongs to the session. */
+	size_t rest_in_buf = s->pp_len - used;
+	char rest[PP_HEADER_MAX];
+	memcpy(rest, s->pp_buf + used, rest_in_buf);
+	session_begin(s);
+	if (s->closing)
+		return;
+	if (rest_in_buf)
+		client_bytes(s, rest, rest_in_buf);
+	if (!s->closing && take < n)
+		client_bytes(s, p + take, n - take);
 }
 
 void session_accept(struct listener *l)
@@ -593,9 +748,6 @@ void session_accept(struct listener *l)
 	s->open_handles++;
 	s->creds = w->app->creds;
 	creds_ref(s->creds);
-	struct smtp_machine_config mc;
-	machine_config(w->app, l->kind, &mc);
-	smtp_machine_init(&s->machine, &mc);
 	s->next = w->sessions;
 	if (w->sessions)
 		w->sessions->prev = s;
@@ -610,18 +762,19 @@ void session_accept(struct listener *l)
 		return;
 	}
 	uv_tcp_nodelay(&s->client, 1);
-	struct sockaddr_storage ss;
-	int sslen = sizeof(ss);
-	if (uv_tcp_getpeername(&s->client, (struct sockaddr *)&ss, &sslen) == 0)
-		address_format((struct sockaddr *)&ss, s->client_addr, sizeof(s->client_addr));
-	log_msg(TF_LOG_DEBUG, "event=connect id=%s listener=%s client=%s", s->id,
-		l->kind == LISTENER_TLS ? "tls" : "tcp", s->client_addr);
+	int len = sizeof(s->peer);
+	uv_tcp_getpeername(&s->client, (struct sockaddr *)&s->peer, &len);
+	len = sizeof(s->local);
+	uv_tcp_getsockname(&s->client, (struct sockaddr *)&s->local, &len);
 
-	if (l->kind == LISTENER_TLS) {
-		begin_tls(s);
-		if (!s->closing)
-			update_reads(s);
+	const struct tf_listener_config *lc =
+	    l->kind == LISTENER_TLS ? &w->app->cfg->inbound.tls : &w->app->cfg->inbound.tcp;
+	if (lc->proxy_protocol) {
+		address_format((struct sockaddr *)&s->peer, s->client_addr, sizeof(s->client_addr));
+		s->awaiting_proxy = true;
+		arm_timer(s, PROXY_HEADER_TIMEOUT);
+		update_reads(s);
 		return;
 	}
-	start_backend(s);
+	session_begin(s);
 }

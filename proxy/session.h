@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "proxy/proxy_protocol.h"
 #include "proxy/smtp/smtp_machine.h"
 #include "proxy/tls_io.h"
 #include "proxy/worker.h"
@@ -56,7 +57,13 @@ struct session {
 	bool backend_reading;
 	enum smtp_close_reason reason;
 
-	char client_addr[64];
+	char client_addr[64];	       /* peer as "ADDR:PORT", for the log */
+	struct sockaddr_storage peer;  /* the client (from a PROXY header if any) */
+	struct sockaddr_storage local; /* where it connected to */
+	bool admitted;		       /* counted by conn_limits */
+	bool awaiting_proxy;	       /* reading a balancer's PROXY header */
+	unsigned char pp_buf[PP_HEADER_MAX];
+	size_t pp_len;
 	uint64_t bytes_in, bytes_out;
 	unsigned logged_messages; /* messages already logged as delivered */
 	uint64_t start_ms;

@@ -113,12 +113,16 @@ static void close_session(struct smtp_machine *m, enum smtp_close_reason reason)
 	buf_free(&m->in);
 }
 
-/* A reply tlsfront makes about the session itself: "CODE X.Y.Z name text". */
-static void say_and_close(struct smtp_machine *m, const char *code, const char *text,
+/* A reply tlsfront makes about the session itself: "CODE X.Y.Z name text".
+ * The enhanced status code must follow the reply code (RFC 2034). Nothing is
+ * said once the session is closed: the first close has had its last word. */
+static void say_and_close(struct smtp_machine *m, const char *code_status, const char *text,
 			  enum smtp_close_reason reason)
 {
+	if (m->phase == PHASE_CLOSED)
+		return;
 	char line[512];
-	int n = snprintf(line, sizeof(line), "%s %s %s\r\n", code, m->cfg.server_name, text);
+	int n = snprintf(line, sizeof(line), "%s %s %s\r\n", code_status, m->cfg.server_name, text);
 	if (n > 0)
 		to_client(m, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 	close_session(m, reason);
@@ -140,7 +144,7 @@ static void count_error(struct smtp_machine *m)
 {
 	m->errors++;
 	if (m->cfg.max_errors && m->errors >= m->cfg.max_errors)
-		say_and_close(m, "421", "4.7.0 Error: too many errors", CLOSE_POLICY);
+		say_and_close(m, "421 4.7.0", "Error: too many errors", CLOSE_POLICY);
 }
 
 static bool is_error_code(int code)
@@ -342,7 +346,7 @@ static void process_data(struct smtp_machine *m)
 		return;
 	if (draining) {
 		local_reply(m, R_BARE_REJECT);
-		say_and_close(m, "421", "4.7.0 Error: closing after bare newline", CLOSE_POLICY);
+		say_and_close(m, "421 4.7.0", "Error: closing after bare newline", CLOSE_POLICY);
 		return;
 	}
 	fifo_push(m, (struct smtp_pending){.kind = PEND_DATA_END});
@@ -407,6 +411,63 @@ static void relay(struct smtp_machine *m, int code, const char *text, size_t len
 		count_error(m);
 }
 
+/* ---- XCLIENT (§3.3) ---------------------------------------------------- */
+
+/* True when a 250 reply lists keyword (case-insensitive) on one of its
+ * lines after the first. */
+static bool reply_has_keyword(const char *text, size_t len, const char *keyword)
+{
+	size_t kl = strlen(keyword);
+	size_t pos = 0;
+	bool first = true;
+	while (pos < len) {
+		const char *eol = memchr(text + pos, '\r', len - pos);
+		size_t end = eol ? (size_t)(eol - text) : len;
+		if (!first && end - pos >= 4 + kl &&
+		    strncasecmp(text + pos + 4, keyword, kl) == 0 &&
+		    (end - pos == 4 + kl || text[pos + 4 + kl] == ' '))
+			return true;
+		first = false;
+		pos = end + 2;
+	}
+	return false;
+}
+
+static void start_xclient(struct smtp_machine *m)
+{
+	to_backend(m, "EHLO ", 5);
+	to_backend(m, m->cfg.server_name, strlen(m->cfg.server_name));
+	to_backend(m, "\r\n", 2);
+	fifo_push(m, (struct smtp_pending){.kind = PEND_XCLIENT_EHLO});
+}
+
+/* xtext (RFC 3461 §4): '+', '=' and octets outside 33..126 as "+HH". */
+static void put_xtext(struct smtp_machine *m, const char *v)
+{
+	for (; *v; v++) {
+		unsigned char c = (unsigned char)*v;
+		if (c < 33 || c > 126 || c == '+' || c == '=') {
+			char hex[4];
+			snprintf(hex, sizeof(hex), "+%02X", c);
+			to_backend(m, hex, 3);
+		} else {
+			to_backend(m, v, 1);
+		}
+	}
+}
+
+static void send_xclient(struct smtp_machine *m)
+{
+	char port[16];
+	snprintf(port, sizeof(port), "%u", m->cfg.xclient_port);
+	to_backend(m, "XCLIENT ADDR=", 13);
+	put_xtext(m, m->cfg.xclient_addr);
+	to_backend(m, " PORT=", 6);
+	put_xtext(m, port);
+	to_backend(m, " NAME=[UNAVAILABLE]\r\n", 22);
+	fifo_push(m, (struct smtp_pending){.kind = PEND_XCLIENT});
+}
+
 static void handle_reply(struct smtp_machine *m, int code, const char *text, size_t len)
 {
 	struct smtp_pending *head = fifo_peek(m);
@@ -420,7 +481,31 @@ static void handle_reply(struct smtp_machine *m, int code, const char *text, siz
 
 	switch (p.kind) {
 	case PEND_GREETING:
+		if (m->cfg.xclient && code == 220) {
+			start_xclient(m);
+			break;
+		}
 		relay(m, code, text, len);
+		m->phase = PHASE_COMMAND;
+		break;
+	case PEND_XCLIENT_EHLO:
+		if (code != 250 || !reply_has_keyword(text, len, "XCLIENT")) {
+			m->act.note =
+			    "backend does not offer XCLIENT (backend.client_info = xclient)";
+			say_and_close(m, "421", "4.3.5 Error: backend configuration error",
+				      CLOSE_ERROR);
+			break;
+		}
+		send_xclient(m);
+		break;
+	case PEND_XCLIENT:
+		if (code != 220) {
+			m->act.note = "backend refused XCLIENT (backend.client_info = xclient)";
+			say_and_close(m, "421", "4.3.5 Error: backend configuration error",
+				      CLOSE_ERROR);
+			break;
+		}
+		relay(m, code, text, len); /* the greeting, now for the real client */
 		m->phase = PHASE_COMMAND;
 		break;
 	case PEND_INTERNAL:
@@ -485,7 +570,7 @@ void smtp_machine_feed_backend(struct smtp_machine *m, const char *p, size_t n)
 		i += reply_parser_feed(&m->reply, p + i, n - i, &st);
 		if (st == REPLY_BAD) {
 			m->act.note = "malformed reply from backend";
-			say_and_close(m, "421", "4.3.0 Error: backend failure", CLOSE_ERROR);
+			say_and_close(m, "421 4.3.0", "Error: backend failure", CLOSE_ERROR);
 			return;
 		}
 		if (st != REPLY_DONE)
@@ -517,21 +602,21 @@ void smtp_machine_backend_closed(struct smtp_machine *m)
 {
 	if (m->phase == PHASE_CLOSED || m->phase == PHASE_REJECT_DRAIN)
 		return;
-	say_and_close(m, "421", "4.3.0 Error: backend connection lost", CLOSE_BACKEND_CLOSED);
+	say_and_close(m, "421 4.3.0", "Error: backend connection lost", CLOSE_BACKEND_CLOSED);
 }
 
 void smtp_machine_timeout(struct smtp_machine *m)
 {
 	if (m->phase == PHASE_CLOSED)
 		return;
-	say_and_close(m, "421", "4.4.2 Error: timeout exceeded", CLOSE_TIMEOUT);
+	say_and_close(m, "421 4.4.2", "Error: timeout exceeded", CLOSE_TIMEOUT);
 }
 
 void smtp_machine_shutdown(struct smtp_machine *m)
 {
 	if (m->phase == PHASE_CLOSED)
 		return;
-	say_and_close(m, "421", "4.3.2 Service shutting down", CLOSE_SHUTDOWN);
+	say_and_close(m, "421 4.3.2", "Service shutting down", CLOSE_SHUTDOWN);
 }
 
 const char *smtp_phase_name(enum smtp_phase phase)
@@ -550,9 +635,16 @@ const char *smtp_close_reason_name(enum smtp_close_reason reason)
 	return (unsigned)reason < sizeof(names) / sizeof(names[0]) ? names[reason] : "?";
 }
 
+void smtp_machine_limit(struct smtp_machine *m)
+{
+	if (m->phase == PHASE_CLOSED)
+		return;
+	say_and_close(m, "421", "4.7.0 Error: too many connections, try again later", CLOSE_LIMIT);
+}
+
 void smtp_machine_backend_unavailable(struct smtp_machine *m)
 {
 	if (m->phase == PHASE_CLOSED)
 		return;
-	say_and_close(m, "421", "4.3.2 Error: backend unavailable, try again later", CLOSE_ERROR);
+	say_and_close(m, "421 4.3.2", "Error: backend unavailable, try again later", CLOSE_ERROR);
 }

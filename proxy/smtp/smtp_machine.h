@@ -79,6 +79,12 @@ struct smtp_machine_config {
 	unsigned max_errors;
 	bool reject_bare;	 /* bare_newlines = "reject" */
 	const char *server_name; /* borrowed; must outlive the machine */
+	/* backend.client_info = "xclient" (§3.3): announce the client with
+	 * XCLIENT after the backend's greeting. xclient_addr is the client's
+	 * IP as XCLIENT writes it ("192.0.2.7", "IPV6:2001:db8::7"). */
+	bool xclient;
+	char xclient_addr[64];
+	unsigned xclient_port;
 };
 
 enum smtp_pending_kind {
@@ -89,6 +95,8 @@ enum smtp_pending_kind {
 	PEND_INTERNAL,	   /* tlsfront's own command: consume the reply */
 	PEND_LOCAL,	   /* a reply tlsfront makes; released in its turn */
 	PEND_STARTTLS,	   /* the 220 to STARTTLS; released in its turn */
+	PEND_XCLIENT_EHLO, /* tlsfront's EHLO before XCLIENT (§3.3) */
+	PEND_XCLIENT,	   /* XCLIENT: its 220 is the client's greeting */
 };
 
 struct smtp_pending {
@@ -132,6 +140,8 @@ void smtp_machine_tls_established(struct smtp_machine *m);
 void smtp_machine_backend_closed(struct smtp_machine *m);
 /* The backend could not be reached (§3.1): 421 4.3.2 and close. */
 void smtp_machine_backend_unavailable(struct smtp_machine *m);
+/* Over max_connections or max_connections_per_ip (§3.1): 421 4.7.0. */
+void smtp_machine_limit(struct smtp_machine *m);
 /* The idle timer expired. */
 void smtp_machine_timeout(struct smtp_machine *m);
 /* The process is shutting down and the grace period is over. */

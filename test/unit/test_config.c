@@ -728,29 +728,27 @@ static void test_s3_6_policy_keys_load(void **state)
 	assert_true(cfg.inbound.tls.enabled);
 	assert_false(cfg.inbound.tls.name_and_password);
 	config_free(&cfg);
+	/* §3.1, §3.3: client information and limits are built too. */
+	load_ok(
+	    "backend = { client_info = \"xclient\"; };\n"
+	    "inbound = { tcp = { proxy_protocol = true; }; tls = { proxy_protocol = true; }; };\n"
+	    "limits = { max_connections = 50; max_connections_per_ip = 5; };\n",
+	    &cfg);
+	assert_int_equal(cfg.backend.client_info, TF_CLIENT_INFO_XCLIENT);
+	assert_true(cfg.inbound.tcp.proxy_protocol);
+	assert_true(cfg.inbound.tls.proxy_protocol);
+	assert_int_equal(cfg.limits.max_connections, 50);
+	assert_int_equal(cfg.limits.max_connections_per_ip, 5);
+	config_free(&cfg);
 }
 
 static void test_s2_not_supported_yet_value_is_error(void **state)
 {
 	(void)state;
 	static const struct bad_case cases[] = {
-	    {"backend = {\n client_info = \"xclient\"; #<\n};\n",
-	     "backend.client_info: not supported yet", NULL},
-	    {"backend = {\n client_info = \"proxy-v1\"; #<\n};\n",
-	     "backend.client_info: not supported yet", NULL},
-	    {"backend = {\n client_info = \"proxy-v2\"; #<\n};\n",
-	     "backend.client_info: not supported yet", NULL},
-	    {"inbound = { tcp = {\n proxy_protocol = true; #<\n}; };\n",
-	     "inbound.tcp.proxy_protocol: not supported yet", NULL},
-	    {"inbound = { tls = {\n proxy_protocol = true; #<\n}; };\n",
-	     "inbound.tls.proxy_protocol: not supported yet", NULL},
 	    {"outbound = {\n enabled = true; #<\n};\n", "outbound.enabled: not supported yet",
 	     NULL},
 	    {"\nuser = \"mail\"; #<\n", "user: not supported yet", NULL},
-	    {"limits = {\n max_connections = 50; #<\n};\n",
-	     "limits.max_connections: not supported yet", NULL},
-	    {"limits = {\n max_connections_per_ip = 5; #<\n};\n",
-	     "limits.max_connections_per_ip: not supported yet", NULL},
 	    /* Several: the first in the file. */
 	    {"user = \"mail\"; #<\noutbound = { enabled = true; };\n", "user: not supported yet",
 	     NULL},
