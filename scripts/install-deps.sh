@@ -5,7 +5,7 @@ set -eu
 PKGS="build-essential meson ninja-build pkg-config
       libgnutls28-dev libuv1-dev libconfig-dev libcmocka-dev
       gnutls-bin openssl swaks python3 python3-pytest python3-aiosmtpd
-      clang clang-format"
+      clang clang-format postfix haproxy"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
@@ -15,6 +15,10 @@ if [ -n "$missing" ]; then
 	SUDO=""
 	[ "$(id -u)" -eq 0 ] || SUDO=sudo
 	echo "installing:$missing"
+	# Postfix is a test backend with its own configuration directory:
+	# install it without touching the system's mail setup.
+	echo "postfix postfix/main_mailer_type select No configuration" |
+		$SUDO debconf-set-selections
 	$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
 	$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
 fi
