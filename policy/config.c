@@ -24,7 +24,6 @@
  *      combination error is reported as what it is. The keys are, one row
  *      each in `not_supported_yet[]` (delete a row when its feature lands):
  *        outbound.enabled               (only false)
- *        user                           (only "")
  *
  * Ranges (the upper bounds keep a timeout in milliseconds, as libuv timers
  * take it, within 32 bits, and keep typing mistakes out):
@@ -44,6 +43,7 @@
 #include "policy/config.h"
 
 #include <errno.h>
+#include <pwd.h>
 #include <libconfig.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -101,7 +101,7 @@ static const char *const outbound_tls_names[] = {"none", "negotiated", "required
 static const char *const bare_newlines_names[] = {"sanitize", "reject", NULL};
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
 
-static string_check check_host_name, check_backend_address, check_non_empty, check_any,
+static string_check check_host_name, check_backend_address, check_non_empty, check_user,
     check_next_hop;
 
 /* One row per key; the macros keep each row on one line. */
@@ -154,14 +154,13 @@ static const struct leaf leaves[] = {
 
 	L_ENUM("bare_newlines", bare_newlines, bare_newlines_names),
 	L_ENUM("log.level", log_level, log_level_names),
-	L_STRING("user", user, check_any),
+	L_STRING("user", user, check_user),
 };
 
 /* Keys accepted only at their default value in this version (the list at
  * the top of this file). Delete a row when its feature lands. */
 static const char *const not_supported_yet[] = {
 	"outbound.enabled",
-	"user",
 };
 // clang-format on
 
@@ -376,10 +375,12 @@ static bool is_hostport(const char *text)
 
 /* ---- string checks ----------------------------------------------------- */
 
-static const char *check_any(const char *text)
+/* "" (no drop) or a user that exists (§6: an unknown user is an error). */
+static const char *check_user(const char *text)
 {
-	(void)text;
-	return NULL;
+	if (!*text || getpwnam(text))
+		return NULL;
+	return "an existing user name (see /etc/passwd)";
 }
 
 static const char *check_non_empty(const char *text)
@@ -495,7 +496,7 @@ static int store_string(struct loader *ld, const config_setting_t *s, char **slo
 
 static int read_string(struct loader *ld, const struct leaf *lf, const config_setting_t *s)
 {
-	/* Every check refuses "" except check_any, so check("") is what the key
+	/* Every check refuses "" except check_user, so check("") is what the key
 	 * expects, for the message of a type error. */
 	const char *expected = lf->check("");
 	if (expected == NULL)

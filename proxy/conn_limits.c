@@ -31,6 +31,40 @@ int conn_limits_init(unsigned max_total, unsigned max_per_ip)
 	return slots ? 0 : -1;
 }
 
+static struct ip_slot *find(const unsigned char ip[16], bool create);
+
+int conn_limits_set(unsigned max_total, unsigned max_per_ip)
+{
+	int rc = 0;
+	pthread_mutex_lock(&lock);
+	size_t want = 2 * (size_t)max_total + 1;
+	if (want > n_slots) {
+		/* Grow: rehash the live addresses into a larger table. */
+		struct ip_slot *old = slots;
+		size_t n_old = n_slots;
+		struct ip_slot *fresh = calloc(want, sizeof(*fresh));
+		if (!fresh) {
+			rc = -1;
+		} else {
+			slots = fresh;
+			n_slots = want;
+			for (size_t i = 0; i < n_old; i++) {
+				if (!old[i].count)
+					continue;
+				struct ip_slot *s = find(old[i].ip, true);
+				*s = old[i];
+			}
+			free(old);
+		}
+	}
+	if (rc == 0) {
+		limit_total = max_total;
+		limit_per_ip = max_per_ip;
+	}
+	pthread_mutex_unlock(&lock);
+	return rc;
+}
+
 void conn_limits_free(void)
 {
 	free(slots);

@@ -14,6 +14,9 @@
 
 /* Sets the limits (at start, before any worker runs). Returns 0 or -1. */
 int conn_limits_init(unsigned max_total, unsigned max_per_ip);
+/* Changes the limits (reload); live connections stay counted. Returns 0, or
+ * -1 when out of memory (the old limits stay). */
+int conn_limits_set(unsigned max_total, unsigned max_per_ip);
 void conn_limits_free(void);
 
 /* Counts a connection from addr if both limits allow it. Returns true when

@@ -6,6 +6,8 @@
  * signals; the workers serve. Never makes SMTP decisions.
  */
 #include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <gnutls/gnutls.h>
 #include <libconfig.h>
 #include <signal.h>
@@ -19,6 +21,7 @@
 #include "certs/credentials.h"
 #include "policy/config.h"
 #include "proxy/address.h"
+#include "proxy/app.h"
 #include "proxy/conn_limits.h"
 #include "proxy/listener.h"
 #include "proxy/log.h"
@@ -31,8 +34,8 @@ struct bound {
 };
 
 struct runtime {
-	struct tf_config cfg;
-	struct app app;
+	const char *path;
+	struct app *app; /* the current generation; one reference */
 	struct worker *workers;
 	unsigned n_workers;
 	struct bound *bound;
@@ -57,23 +60,6 @@ static void print_versions(void)
 	printf("libuv %s\n", uv_version_string());
 	printf("libconfig %d.%d.%d\n", LIBCONFIG_VER_MAJOR, LIBCONFIG_VER_MINOR,
 	       LIBCONFIG_VER_REVISION);
-}
-
-static struct creds *load_creds(const struct tf_config *cfg, bool *self_signed, char *err,
-				size_t errlen)
-{
-	struct creds_pair pairs[TF_MAX_CERTS];
-	for (size_t i = 0; i < cfg->tls.n_certs; i++) {
-		pairs[i].cert_file = cfg->tls.certs[i].cert;
-		pairs[i].key_file = cfg->tls.certs[i].key;
-	}
-	struct creds_params p = {
-	    .pairs = pairs,
-	    .n_pairs = cfg->tls.n_certs,
-	    .server_name = cfg->server_name,
-	    .priority = cfg->tls.priority,
-	};
-	return creds_new(&p, self_signed, err, errlen);
 }
 
 static int add_listeners(struct runtime *rt, const struct tf_listener_config *lc,
@@ -133,12 +119,42 @@ static void close_bound(struct runtime *rt)
 	rt->n_bound = 0;
 }
 
+/* SIGHUP (§5): a whole new generation, or nothing at all. */
+static void reload(struct runtime *rt)
+{
+	char err[1024];
+	struct app *next = app_load(rt->path, err, sizeof(err));
+	if (!next) {
+		log_msg(TF_LOG_ERROR,
+			"event=reload status=failed error=\"%s\" note=\"the running "
+			"configuration and certificates stay\"",
+			err);
+		return;
+	}
+	app_keep_restart_keys(next, rt->app);
+	next->generation = rt->app->generation + 1;
+	if (conn_limits_set(next->cfg.limits.max_connections,
+			    next->cfg.limits.max_connections_per_ip) < 0) {
+		log_msg(TF_LOG_ERROR, "event=reload status=failed error=\"out of memory\"");
+		app_unref(next);
+		return;
+	}
+	log_set_level(next->cfg.log_level);
+	for (unsigned i = 0; i < rt->n_workers; i++)
+		worker_reload(&rt->workers[i], next);
+	app_unref(rt->app);
+	rt->app = next;
+	char fp[128] = "";
+	creds_fingerprint(next->creds, fp, sizeof(fp));
+	log_msg(TF_LOG_INFO, "event=reload status=ok generation=%u certificate_sha256=%s",
+		next->generation, fp);
+}
+
 static void signal_cb(uv_signal_t *h, int signum)
 {
 	struct runtime *rt = h->data;
 	if (signum == SIGHUP) {
-		log_msg(TF_LOG_WARN, "event=reload status=ignored note=\"reload on SIGHUP is not "
-				     "supported yet; restart to apply changes\"");
+		reload(rt);
 		return;
 	}
 	if (rt->stopping)
@@ -160,28 +176,48 @@ static unsigned worker_count(const struct tf_config *cfg)
 	return n > 0 ? (unsigned)n : 1;
 }
 
+/* Started as root with `user` set (§6): drop to that user once every
+ * socket is bound and every key read. Returns 0 or -1 with err set. */
+static int drop_privileges(const char *user, char *err, size_t errlen)
+{
+	if (!*user)
+		return 0;
+	if (geteuid() != 0) {
+		log_msg(TF_LOG_WARN,
+			"event=privileges user=%s note=\"not started as root: "
+			"running as uid %u\"",
+			user, (unsigned)geteuid());
+		return 0;
+	}
+	struct passwd *pw = getpwnam(user);
+	if (!pw) {
+		snprintf(err, errlen, "user %s: no such user", user);
+		return -1;
+	}
+	if (initgroups(pw->pw_name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
+	    setuid(pw->pw_uid) < 0) {
+		snprintf(err, errlen, "cannot become user %s: %s", user, strerror(errno));
+		return -1;
+	}
+	if (setuid(0) == 0) {
+		snprintf(err, errlen, "privileges of root could be regained after the drop");
+		return -1;
+	}
+	log_msg(TF_LOG_INFO, "event=privileges user=%s uid=%u gid=%u", user, (unsigned)pw->pw_uid,
+		(unsigned)pw->pw_gid);
+	return 0;
+}
+
 static int run(struct runtime *rt)
 {
 	char err[512];
-	struct tf_config *cfg = &rt->cfg;
-	bool self_signed = false;
+	const struct tf_config *cfg = &rt->app->cfg;
 
-	rt->app.cfg = cfg;
-	rt->app.creds = load_creds(cfg, &self_signed, err, sizeof(err));
-	if (!rt->app.creds) {
-		log_msg(TF_LOG_ERROR, "event=config_error error=\"%s\"", err);
-		return 1;
-	}
-	if (self_signed)
+	if (rt->app->self_signed)
 		log_msg(TF_LOG_WARN,
 			"event=self_signed_certificate server_name=%s note=\"tls.certificates is "
 			"not set: serving an in-memory self-signed certificate\"",
 			cfg->server_name);
-	if (address_resolve(cfg->backend.address, false, &rt->app.backend, err, sizeof(err)) < 0) {
-		log_msg(TF_LOG_ERROR, "event=config_error error=\"backend.address: %s\"", err);
-		return 1;
-	}
-
 	if (conn_limits_init(cfg->limits.max_connections, cfg->limits.max_connections_per_ip) < 0) {
 		log_msg(TF_LOG_ERROR, "event=error error=\"out of memory\"");
 		return 1;
@@ -195,13 +231,15 @@ static int run(struct runtime *rt)
 		log_msg(TF_LOG_ERROR, "event=listen_error error=\"%s\"", err);
 		return 1;
 	}
+	if (drop_privileges(cfg->user, err, sizeof(err)) < 0) {
+		log_msg(TF_LOG_ERROR, "event=privileges error=\"%s\"", err);
+		return 1;
+	}
 
 	rt->workers = calloc(rt->n_workers, sizeof(*rt->workers));
-	if (!rt->workers)
-		return 1;
 	int *fds = calloc(rt->n_bound ? rt->n_bound : 1, sizeof(int));
 	enum listener_kind *kinds = calloc(rt->n_bound ? rt->n_bound : 1, sizeof(*kinds));
-	if (!fds || !kinds) {
+	if (!rt->workers || !fds || !kinds) {
 		free(fds);
 		free(kinds);
 		return 1;
@@ -217,14 +255,13 @@ static int run(struct runtime *rt)
 	uv_signal_start(&rt->sig_hup, signal_cb, SIGHUP);
 
 	unsigned started = 0;
-	int rc = 0;
 	for (unsigned w = 0; w < rt->n_workers; w++) {
 		for (size_t i = 0; i < rt->n_bound; i++) {
 			fds[i] = rt->bound[i].fds[w];
 			kinds[i] = rt->bound[i].kind;
 			rt->bound[i].fds[w] = -1; /* the worker owns it now */
 		}
-		rc = worker_start(&rt->workers[w], w, &rt->app, fds, kinds, rt->n_bound);
+		int rc = worker_start(&rt->workers[w], w, rt->app, fds, kinds, rt->n_bound);
 		if (rc < 0) {
 			log_msg(TF_LOG_ERROR, "event=worker_error worker=%u error=\"%s\"", w,
 				uv_strerror(rc));
@@ -237,21 +274,21 @@ static int run(struct runtime *rt)
 
 	if (started == rt->n_workers) {
 		char fp[128] = "";
-		creds_fingerprint(rt->app.creds, fp, sizeof(fp));
+		creds_fingerprint(rt->app->creds, fp, sizeof(fp));
 		log_msg(TF_LOG_INFO,
 			"event=started version=%s workers=%u backend=%s server_name=%s "
 			"certificate_sha256=%s",
 			TLSFRONT_VERSION, rt->n_workers, cfg->backend.address, cfg->server_name,
 			fp);
-		uv_run(loop, UV_RUN_DEFAULT);
 	} else {
+		rt->stopping = true;
 		for (unsigned i = 0; i < started; i++)
 			worker_stop(&rt->workers[i]);
 		uv_close((uv_handle_t *)&rt->sig_term, NULL);
 		uv_close((uv_handle_t *)&rt->sig_int, NULL);
 		uv_close((uv_handle_t *)&rt->sig_hup, NULL);
-		uv_run(loop, UV_RUN_DEFAULT);
 	}
+	uv_run(loop, UV_RUN_DEFAULT);
 	for (unsigned i = 0; i < started; i++)
 		worker_join(&rt->workers[i]);
 	uv_loop_close(loop);
@@ -293,36 +330,27 @@ int main(int argc, char **argv)
 
 	struct runtime rt;
 	memset(&rt, 0, sizeof(rt));
+	rt.path = path;
 	char err[1024];
-	if (config_load(path, &rt.cfg, err, sizeof(err)) < 0) {
+	/* Configuration, certificates, keys and the backend address: all of
+	 * it is checked before anything is bound. */
+	rt.app = app_load(path, err, sizeof(err));
+	if (!rt.app) {
 		fprintf(stderr, "%s\n", err);
 		return 1;
 	}
-	log_set_level(rt.cfg.log_level);
+	rt.app->generation = 1;
+	log_set_level(rt.app->cfg.log_level);
 
 	int rc;
 	if (check_only) {
-		bool self_signed;
-		struct creds *c = load_creds(&rt.cfg, &self_signed, err, sizeof(err));
-		struct tf_addr a;
-		if (!c) {
-			fprintf(stderr, "%s: %s\n", path, err);
-			rc = 1;
-		} else if (address_resolve(rt.cfg.backend.address, false, &a, err, sizeof(err)) <
-			   0) {
-			fprintf(stderr, "%s: backend.address: %s\n", path, err);
-			rc = 1;
-		} else {
-			printf("%s: configuration OK\n", path);
-			rc = 0;
-		}
-		creds_unref(c);
+		printf("%s: configuration OK\n", path);
+		rc = 0;
 	} else {
 		rc = run(&rt);
 	}
 	close_bound(&rt);
 	free(rt.workers);
-	creds_unref(rt.app.creds);
-	config_free(&rt.cfg);
+	app_unref(rt.app);
 	return rc;
 }

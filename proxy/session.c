@@ -70,7 +70,7 @@ static void free_session(struct session *s)
 		tls_io_free(s->tls);
 		free(s->tls);
 	}
-	creds_unref(s->creds);
+	app_unref(s->app);
 	free(s);
 	worker_session_ended(w);
 }
@@ -261,7 +261,7 @@ static void timer_cb(uv_timer_t *t)
 	}
 	if (!s->backend_connected) {
 		log_msg(TF_LOG_WARN, "event=backend_timeout id=%s backend=%s", s->id,
-			s->worker->app->backend.text);
+			s->app->backend.text);
 		smtp_machine_backend_unavailable(&s->machine);
 	} else {
 		smtp_machine_timeout(&s->machine);
@@ -286,14 +286,14 @@ static void flush_tls(struct session *s)
 static void begin_tls(struct session *s)
 {
 	s->tls = calloc(1, sizeof(*s->tls));
-	if (!s->tls || tls_io_init(s->tls, s->creds) != TLSIO_OK) {
+	if (!s->tls || tls_io_init(s->tls, s->app->creds) != TLSIO_OK) {
 		log_msg(TF_LOG_ERROR, "event=tls_error id=%s error=\"cannot start TLS: %s\"", s->id,
 			s->tls ? s->tls->error : "out of memory");
 		session_close(s, CLOSE_TLS_ERROR);
 		return;
 	}
 	s->handshaking = true;
-	arm_timer(s, s->worker->app->cfg->tls.handshake_timeout);
+	arm_timer(s, s->app->cfg.tls.handshake_timeout);
 }
 
 static void do_handshake(struct session *s)
@@ -313,16 +313,17 @@ static void do_handshake(struct session *s)
 	s->handshaking = false;
 	char sni[300] = "none", sni_value[310];
 	tls_io_sni(s->tls, sni, sizeof(sni));
-	log_msg(TF_LOG_INFO, "event=tls id=%s tls=%s cipher=%s sni=%s", s->id,
+	log_msg(TF_LOG_INFO, "event=tls id=%s tls=%s cipher=%s sni=%s resumed=%s", s->id,
 		tls_io_version(s->tls), tls_io_cipher(s->tls),
-		log_value(sni_value, sizeof(sni_value), sni));
+		log_value(sni_value, sizeof(sni_value), sni),
+		tls_io_resumed(s->tls) ? "yes" : "no");
 	if (s->kind == LISTENER_TLS) {
 		/* §3.1: on the TLS port the handshake comes first, then the
 		 * backend. */
 		after_greeting_ready(s);
 		return;
 	}
-	arm_timer(s, s->worker->app->cfg->limits.idle_timeout);
+	arm_timer(s, s->app->cfg.limits.idle_timeout);
 	smtp_machine_tls_established(&s->machine);
 	session_step(s);
 	pump_tls(s);
@@ -500,7 +501,7 @@ static void session_step(struct session *s)
 			s->client_addr, tls_io_version(s->tls), s->machine.messages);
 	}
 	if (a->progress && !s->handshaking && s->backend_connected)
-		arm_timer(s, s->worker->app->cfg->limits.idle_timeout);
+		arm_timer(s, s->app->cfg.limits.idle_timeout);
 	bool start_tls = a->start_tls;
 	bool close = a->close;
 	enum smtp_close_reason reason = a->reason;
@@ -527,24 +528,24 @@ static void connect_cb(uv_connect_t *req, int status)
 		return;
 	if (status < 0) {
 		log_msg(TF_LOG_WARN, "event=backend_unavailable id=%s backend=%s error=\"%s\"",
-			s->id, s->worker->app->backend.text, uv_strerror(status));
+			s->id, s->app->backend.text, uv_strerror(status));
 		s->backend_gone = true;
 		smtp_machine_backend_unavailable(&s->machine);
 		session_step(s);
 		return;
 	}
 	s->backend_connected = true;
-	if (!s->worker->app->backend.is_unix)
+	if (!s->app->backend.is_unix)
 		uv_tcp_nodelay(&s->backend.tcp, 1);
 	if (!send_proxy_header(s))
 		return;
-	arm_timer(s, s->worker->app->cfg->limits.idle_timeout);
+	arm_timer(s, s->app->cfg.limits.idle_timeout);
 	session_step(s);
 }
 
 static int backend_connect(struct session *s)
 {
-	const struct tf_addr *a = &s->worker->app->backend;
+	const struct tf_addr *a = &s->app->backend;
 	uv_loop_t *loop = &s->worker->loop;
 	s->connect_req.data = s;
 	if (a->is_unix) {
@@ -569,7 +570,7 @@ static int backend_connect(struct session *s)
  * client connected to. Returns false when the session was closed. */
 static bool send_proxy_header(struct session *s)
 {
-	enum tf_client_info ci = s->worker->app->cfg->backend.client_info;
+	enum tf_client_info ci = s->app->cfg.backend.client_info;
 	if (ci != TF_CLIENT_INFO_PROXY_V1 && ci != TF_CLIENT_INFO_PROXY_V2)
 		return true;
 	char *hdr = malloc(PP_HEADER_MAX);
@@ -612,20 +613,20 @@ static void start_backend(struct session *s)
 	int rc = backend_connect(s);
 	if (rc != 0) {
 		log_msg(TF_LOG_WARN, "event=backend_unavailable id=%s backend=%s error=\"%s\"",
-			s->id, s->worker->app->backend.text, uv_strerror(rc));
+			s->id, s->app->backend.text, uv_strerror(rc));
 		s->backend_gone = true;
 		smtp_machine_backend_unavailable(&s->machine);
 		session_step(s);
 		return;
 	}
-	arm_timer(s, s->worker->app->cfg->backend.connect_timeout);
+	arm_timer(s, s->app->cfg.backend.connect_timeout);
 	update_reads(s);
 }
 
 static void machine_config(const struct app *app, enum listener_kind kind,
 			   struct smtp_machine_config *mc)
 {
-	const struct tf_config *cfg = app->cfg;
+	const struct tf_config *cfg = &app->cfg;
 	memset(mc, 0, sizeof(*mc));
 	mc->tls_port = kind == LISTENER_TLS;
 	mc->starttls = cfg->inbound.tcp.starttls;
@@ -660,7 +661,7 @@ static void xclient_address(const struct sockaddr_storage *ss, char *out, size_t
  * count it against the limits, start the machine, then TLS or the backend. */
 static void session_begin(struct session *s)
 {
-	const struct app *app = s->worker->app;
+	const struct app *app = s->app;
 	address_format((struct sockaddr *)&s->peer, s->client_addr, sizeof(s->client_addr));
 	log_msg(TF_LOG_DEBUG, "event=connect id=%s listener=%s client=%s", s->id,
 		s->kind == LISTENER_TLS ? "tls" : "tcp", s->client_addr);
@@ -746,8 +747,8 @@ void session_accept(struct listener *l)
 	uv_timer_init(&w->loop, &s->timer);
 	s->timer.data = s;
 	s->open_handles++;
-	s->creds = w->app->creds;
-	creds_ref(s->creds);
+	s->app = w->app; /* this session keeps this generation to its end */
+	app_ref(s->app);
 	s->next = w->sessions;
 	if (w->sessions)
 		w->sessions->prev = s;
@@ -768,7 +769,7 @@ void session_accept(struct listener *l)
 	uv_tcp_getsockname(&s->client, (struct sockaddr *)&s->local, &len);
 
 	const struct tf_listener_config *lc =
-	    l->kind == LISTENER_TLS ? &w->app->cfg->inbound.tls : &w->app->cfg->inbound.tcp;
+	    l->kind == LISTENER_TLS ? &s->app->cfg.inbound.tls : &s->app->cfg.inbound.tcp;
 	if (lc->proxy_protocol) {
 		address_format((struct sockaddr *)&s->peer, s->client_addr, sizeof(s->client_addr));
 		s->awaiting_proxy = true;

@@ -13,7 +13,8 @@
  *                           (on the TLS port, after the handshake).
  *   machine                 owned; freed with the session.
  *   tls                     owned (NULL until STARTTLS or the TLS port).
- *   creds                   one reference, dropped when the session is freed.
+ *   app                     one reference to the configuration and credentials
+ *                           generation, dropped when the session is freed.
  */
 #ifndef TLSFRONT_PROXY_SESSION_H
 #define TLSFRONT_PROXY_SESSION_H
@@ -45,7 +46,7 @@ struct session {
 
 	struct smtp_machine machine;
 	struct tls_io *tls;
-	struct creds *creds;
+	struct app *app; /* the generation this session started with */
 
 	bool backend_open; /* the backend handle was initialised */
 	bool backend_connected;

@@ -186,3 +186,8 @@ void tls_io_sni(const struct tls_io *t, char *out, size_t outlen)
 		snprintf(out, outlen, "%s", name);
 	}
 }
+
+bool tls_io_resumed(const struct tls_io *t)
+{
+	return t && t->established && gnutls_session_is_resumed(t->session);
+}

@@ -59,5 +59,7 @@ void tls_io_bye(struct tls_io *t);
 const char *tls_io_version(const struct tls_io *t);
 const char *tls_io_cipher(const struct tls_io *t);
 void tls_io_sni(const struct tls_io *t, char *out, size_t outlen);
+/* True when the handshake resumed an earlier session (a ticket). */
+bool tls_io_resumed(const struct tls_io *t);
 
 #endif

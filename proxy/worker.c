@@ -33,6 +33,8 @@ static void finish(struct worker *w)
 {
 	if (!uv_is_closing((uv_handle_t *)&w->stop_async))
 		uv_close((uv_handle_t *)&w->stop_async, NULL);
+	if (!uv_is_closing((uv_handle_t *)&w->reload_async))
+		uv_close((uv_handle_t *)&w->reload_async, NULL);
 	if (!uv_is_closing((uv_handle_t *)&w->shutdown_timer))
 		uv_close((uv_handle_t *)&w->shutdown_timer, NULL);
 }
@@ -70,7 +72,31 @@ static void stop_cb(uv_async_t *a)
 	}
 	log_msg(TF_LOG_INFO, "event=draining worker=%u sessions=%u", w->index, w->n_sessions);
 	uv_timer_start(&w->shutdown_timer, shutdown_timer_cb,
-		       (uint64_t)w->app->cfg->limits.shutdown_timeout * 1000, 0);
+		       (uint64_t)w->app->cfg.limits.shutdown_timeout * 1000, 0);
+}
+
+static void reload_cb(uv_async_t *a)
+{
+	struct worker *w = a->data;
+	pthread_mutex_lock(&w->pending_lock);
+	struct app *next = w->pending;
+	w->pending = NULL;
+	pthread_mutex_unlock(&w->pending_lock);
+	if (!next)
+		return;
+	app_unref(w->app);
+	w->app = next;
+}
+
+void worker_reload(struct worker *w, struct app *app)
+{
+	app_ref(app);
+	pthread_mutex_lock(&w->pending_lock);
+	struct app *old = w->pending;
+	w->pending = app;
+	pthread_mutex_unlock(&w->pending_lock);
+	app_unref(old);
+	uv_async_send(&w->reload_async);
 }
 
 static void *worker_main(void *arg)
@@ -80,11 +106,13 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-int worker_start(struct worker *w, unsigned index, const struct app *app, const int *fds,
+int worker_start(struct worker *w, unsigned index, struct app *app, const int *fds,
 		 const enum listener_kind *kinds, size_t n)
 {
 	w->index = index;
+	app_ref(app);
 	w->app = app;
+	pthread_mutex_init(&w->pending_lock, NULL);
 	int rc = uv_loop_init(&w->loop);
 	if (rc < 0)
 		return rc;
@@ -94,6 +122,8 @@ int worker_start(struct worker *w, unsigned index, const struct app *app, const 
 	w->n_listeners = n;
 	uv_async_init(&w->loop, &w->stop_async, stop_cb);
 	w->stop_async.data = w;
+	uv_async_init(&w->loop, &w->reload_async, reload_cb);
+	w->reload_async.data = w;
 	uv_timer_init(&w->loop, &w->shutdown_timer);
 	w->shutdown_timer.data = w;
 	for (size_t i = 0; i < n; i++) {
@@ -120,6 +150,10 @@ void worker_join(struct worker *w)
 {
 	pthread_join(w->thread, NULL);
 	uv_loop_close(&w->loop);
+	app_unref(w->app);
+	app_unref(w->pending);
+	w->app = w->pending = NULL;
+	pthread_mutex_destroy(&w->pending_lock);
 	free(w->listeners);
 	w->listeners = NULL;
 }

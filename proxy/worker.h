@@ -13,18 +13,9 @@
 #include <stddef.h>
 #include <uv.h>
 
-#include "certs/credentials.h"
-#include "policy/config.h"
-#include "proxy/address.h"
+#include "proxy/app.h"
 
 #define WORKER_READ_BUF (64 * 1024)
-
-/* What every worker shares, read-only while they run. */
-struct app {
-	const struct tf_config *cfg; /* borrowed from main */
-	struct creds *creds;	     /* main's reference */
-	struct tf_addr backend;
-};
 
 enum listener_kind { LISTENER_TCP = 0, LISTENER_TLS };
 
@@ -39,9 +30,12 @@ struct session;
 
 struct worker {
 	unsigned index;
-	const struct app *app;
+	struct app *app; /* the generation new sessions get; one reference */
 	uv_loop_t loop;
 	uv_async_t stop_async;
+	uv_async_t reload_async;
+	pthread_mutex_t pending_lock;
+	struct app *pending; /* a reloaded generation not yet taken; one reference */
 	uv_timer_t shutdown_timer;
 	struct listener *listeners; /* owned array */
 	size_t n_listeners;
@@ -55,8 +49,11 @@ struct worker {
 
 /* Takes ownership of the listening fds in fds (n of them, kinds alike).
  * Returns 0 or a negative errno. */
-int worker_start(struct worker *w, unsigned index, const struct app *app, const int *fds,
+int worker_start(struct worker *w, unsigned index, struct app *app, const int *fds,
 		 const enum listener_kind *kinds, size_t n);
+/* Hands a new generation to the worker (thread-safe); new sessions get it,
+ * sessions in flight keep theirs. */
+void worker_reload(struct worker *w, struct app *app);
 /* Asks the worker to stop accepting and finish its sessions (thread-safe). */
 void worker_stop(struct worker *w);
 /* Waits for the thread to end and releases the loop. */

@@ -13,9 +13,11 @@ static int digit(char c)
  * Returns -1 when malformed, 1 when it is the last line of the reply, else 0. */
 static int check_line(struct reply_parser *r)
 {
-	const char *l = r->text.data + r->line_start;
 	size_t len = r->text.len - r->line_start;
-	if (len < 3 || !digit(l[0]) || !digit(l[1]) || !digit(l[2]))
+	if (len < 3)
+		return -1; /* also an empty first line: text.data may be NULL */
+	const char *l = r->text.data + r->line_start;
+	if (!digit(l[0]) || !digit(l[1]) || !digit(l[2]))
 		return -1;
 	if (len > 3 && l[3] != ' ' && l[3] != '-')
 		return -1;

@@ -206,15 +206,31 @@ static void forward_line(struct smtp_machine *m, const char *line, size_t len)
 	to_backend(m, "\r\n", 2);
 }
 
+/* §7.3: refuses a SASL line and cancels the exchange at the backend; the
+ * backend's answer to "*" is not the client's. */
+static void cancel_auth(struct smtp_machine *m, const char *reply)
+{
+	forward_line(m, "*", 1);
+	fifo_push(m, (struct smtp_pending){.kind = PEND_INTERNAL});
+	m->phase = PHASE_COMMAND;
+	queue_local(m, reply);
+}
+
+/* A line over the limit: 500 5.5.2. Inside an AUTH exchange the backend
+ * still waits for SASL data, so the exchange is cancelled there too, or the
+ * client's next command would be taken as SASL data. */
+static void line_too_long(struct smtp_machine *m)
+{
+	if (m->phase == PHASE_AUTH)
+		cancel_auth(m, R_LINE_LONG);
+	else
+		queue_local(m, R_LINE_LONG);
+}
+
 static void handle_auth_line(struct smtp_machine *m, const char *line, size_t len)
 {
 	if (!line_is_clean(line, len)) {
-		/* §7.3: refuse the line and cancel the exchange at the
-		 * backend; the backend's answer to "*" is not the client's. */
-		forward_line(m, "*", 1);
-		fifo_push(m, (struct smtp_pending){.kind = PEND_INTERNAL});
-		m->phase = PHASE_COMMAND;
-		queue_local(m, R_LINE_BAD);
+		cancel_auth(m, R_LINE_BAD);
 		return;
 	}
 	/* SASL data: passed on as it is, never parsed, never logged. */
@@ -266,7 +282,10 @@ static size_t line_limit(const struct smtp_machine *m)
 {
 	size_t limit = m->cfg.line_length;
 	bool auth = m->phase == PHASE_AUTH;
-	if (!auth && m->in.len >= 4 && strncasecmp(m->in.data, "AUTH", 4) == 0)
+	/* The AUTH command itself: the verb, then a space or the line end. */
+	if (!auth && m->in.len >= 5 && strncasecmp(m->in.data, "AUTH", 4) == 0 &&
+	    (m->in.data[4] == ' ' || m->in.data[4] == '\t' || m->in.data[4] == '\r' ||
+	     m->in.data[4] == '\n'))
 		auth = true;
 	if (auth && limit < SMTP_AUTH_LINE_MIN)
 		limit = SMTP_AUTH_LINE_MIN;
@@ -287,7 +306,7 @@ static bool next_line(struct smtp_machine *m)
 		buf_consume(&m->in, (size_t)(lf - m->in.data) + 1);
 		m->discarding = false;
 		m->act.progress = true;
-		queue_local(m, R_LINE_LONG);
+		line_too_long(m);
 		return true;
 	}
 	if (!lf) {
@@ -305,7 +324,7 @@ static bool next_line(struct smtp_machine *m)
 	m->act.progress = true;
 	if (len + 2 > limit) {
 		buf_consume(&m->in, consumed);
-		queue_local(m, R_LINE_LONG);
+		line_too_long(m);
 		return true;
 	}
 	if (m->phase == PHASE_AUTH)
@@ -387,9 +406,9 @@ static void process_client(struct smtp_machine *m)
 
 void smtp_machine_feed_client(struct smtp_machine *m, const char *p, size_t n)
 {
-	if (m->phase == PHASE_CLOSED || m->phase == PHASE_HANDSHAKE)
+	if (m->phase == PHASE_CLOSED)
 		return;
-	if (m->phase == PHASE_STARTTLS) {
+	if (m->phase == PHASE_STARTTLS || m->phase == PHASE_HANDSHAKE) {
 		m->act.discarded += n;
 		return;
 	}
@@ -485,14 +504,14 @@ static void handle_reply(struct smtp_machine *m, int code, const char *text, siz
 			start_xclient(m);
 			break;
 		}
+		m->phase = PHASE_COMMAND; /* before relay(): it may close */
 		relay(m, code, text, len);
-		m->phase = PHASE_COMMAND;
 		break;
 	case PEND_XCLIENT_EHLO:
 		if (code != 250 || !reply_has_keyword(text, len, "XCLIENT")) {
 			m->act.note =
 			    "backend does not offer XCLIENT (backend.client_info = xclient)";
-			say_and_close(m, "421", "4.3.5 Error: backend configuration error",
+			say_and_close(m, "421 4.3.5", "Error: backend configuration error",
 				      CLOSE_ERROR);
 			break;
 		}
@@ -501,12 +520,12 @@ static void handle_reply(struct smtp_machine *m, int code, const char *text, siz
 	case PEND_XCLIENT:
 		if (code != 220) {
 			m->act.note = "backend refused XCLIENT (backend.client_info = xclient)";
-			say_and_close(m, "421", "4.3.5 Error: backend configuration error",
+			say_and_close(m, "421 4.3.5", "Error: backend configuration error",
 				      CLOSE_ERROR);
 			break;
 		}
-		relay(m, code, text, len); /* the greeting, now for the real client */
 		m->phase = PHASE_COMMAND;
+		relay(m, code, text, len); /* the greeting, now for the real client */
 		break;
 	case PEND_INTERNAL:
 		break; /* tlsfront's own RSET or "*": not the client's */
@@ -536,23 +555,28 @@ static void handle_reply(struct smtp_machine *m, int code, const char *text, siz
 				count_error(m);
 			break;
 		}
-		relay(m, code, text, len);
 		if (p.verb == VERB_DATA) {
+			/* The phase changes before relay(), which may close the
+			 * session when the reply is the Nth error. */
+			bool held = false;
 			if (code == 354) {
 				data_scanner_init(&m->data, m->cfg.reject_bare);
 				m->phase = PHASE_DATA;
 			} else {
 				m->phase = PHASE_COMMAND;
-				if (m->in.len) {
-					/* §3.7, §7.4: held bytes are dropped
-					 * and count as one error. */
-					m->in.len = 0;
-					m->discarding = false;
-					if (m->phase != PHASE_CLOSED)
-						count_error(m);
-				}
+				/* §3.7, §7.4: held bytes are dropped and count
+				 * as one error. */
+				held = m->in.len > 0;
+				m->in.len = 0;
+				m->discarding = false;
 			}
-		} else if (p.verb == VERB_QUIT && code == 221) {
+			relay(m, code, text, len);
+			if (held && m->phase != PHASE_CLOSED)
+				count_error(m);
+			break;
+		}
+		relay(m, code, text, len);
+		if (p.verb == VERB_QUIT && code == 221) {
 			m->quit_acked = true;
 			close_session(m, CLOSE_QUIT);
 		}
@@ -639,7 +663,7 @@ void smtp_machine_limit(struct smtp_machine *m)
 {
 	if (m->phase == PHASE_CLOSED)
 		return;
-	say_and_close(m, "421", "4.7.0 Error: too many connections, try again later", CLOSE_LIMIT);
+	say_and_close(m, "421 4.7.0", "Error: too many connections, try again later", CLOSE_LIMIT);
 }
 
 void smtp_machine_backend_unavailable(struct smtp_machine *m)

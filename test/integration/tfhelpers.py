@@ -450,22 +450,29 @@ class AiosmtpdBackend:
 
 # ---- the tlsfront process ---------------------------------------------------
 
-def make_config(backend_port, *, server_name="mx.test", workers=1, starttls=True,
+def make_config(backend_port, *, listen_port=None, server_name="mx.test", workers=1, starttls=True,
                 connect_timeout=5, idle_timeout=30, line_length=2048, max_errors=10,
                 shutdown_timeout=10, bare_newlines="sanitize", log_level="debug",
                 tls=None, extra=""):
+    listen_port = 0 if listen_port is None else listen_port
     tls = tls if tls is not None else 'tls = { priority = "NORMAL"; handshake_timeout = 10; };'
     return f"""# written by tlsfront's integration tests
 server_name = "{server_name}";
 workers = {workers};
 backend = {{ address = "127.0.0.1:{backend_port}"; connect_timeout = {connect_timeout}; }};
-inbound = {{ tcp = {{ listen = [ "127.0.0.1:0" ]; starttls = {"true" if starttls else "false"}; }}; }};
+inbound = {{ tcp = {{ listen = [ "127.0.0.1:{listen_port}" ]; starttls = {"true" if starttls else "false"}; }}; }};
 limits = {{ idle_timeout = {idle_timeout}; line_length = {line_length}; max_errors = {max_errors}; shutdown_timeout = {shutdown_timeout}; }};
 bare_newlines = "{bare_newlines}";
 log = {{ level = "{log_level}"; }};
 {tls}
 {extra}
 """
+
+
+class StartError(AssertionError):
+    def __init__(self, message, tf):
+        super().__init__(message)
+        self.tf = tf
 
 
 class TlsFront:
@@ -486,17 +493,19 @@ class TlsFront:
                                      stderr=self.log_file, env=env)
         self.pid = self.proc.pid
         self.port = None
-        m = wait_until(self._listening, self.START_TIMEOUT)
-        if not m:
+        wait_until(lambda: self.proc.poll() is not None or self._listening(),
+                   self.START_TIMEOUT)
+        m = self._listening()
+        if self.proc.poll() is not None or not m:
             self.kill()
-            raise AssertionError("tlsfront did not log event=listening within %ss:\n%s"
-                                 % (self.START_TIMEOUT, self.log_text()))
+            if self.proc.returncode is not None:
+                raise StartError("tlsfront exited with %s:\n%s"
+                                 % (self.proc.returncode, self.log_text()), self)
+            raise StartError("tlsfront did not log event=listening within %ss:\n%s"
+                             % (self.START_TIMEOUT, self.log_text()), self)
         self.port = int(m.group(1))
 
     def _listening(self):
-        if self.proc.poll() is not None:
-            raise AssertionError("tlsfront exited with %s:\n%s"
-                                 % (self.proc.returncode, self.log_text()))
         return re.search(r"event=listening listener=tcp address=127\.0\.0\.1:(\d+)",
                          self.log_text())
 
@@ -530,7 +539,7 @@ class TlsFront:
     def running(self):
         return self.proc.poll() is None
 
-    def signal(self, sig):
+    def send_signal(self, sig):
         self.proc.send_signal(sig)
 
     def stop(self, timeout=15.0, sig=signal.SIGTERM):

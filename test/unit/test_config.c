@@ -748,22 +748,29 @@ static void test_s2_not_supported_yet_value_is_error(void **state)
 	static const struct bad_case cases[] = {
 	    {"outbound = {\n enabled = true; #<\n};\n", "outbound.enabled: not supported yet",
 	     NULL},
-	    {"\nuser = \"mail\"; #<\n", "user: not supported yet", NULL},
-	    /* Several: the first in the file. */
-	    {"user = \"mail\"; #<\noutbound = { enabled = true; };\n", "user: not supported yet",
-	     NULL},
-	    {"outbound = { enabled = true; }; #<\nuser = \"mail\";\n",
-	     "outbound.enabled: not supported yet", NULL},
 	};
 	expect_errors(cases, COUNT(cases));
 
 	/* The exact form, with the line given outright. */
 	struct tf_config cfg;
 	char path[64], err[512], want[128];
-	assert_int_equal(
-	    load_text("workers = 2;\n\nuser = \"nobody\";\n", &cfg, err, sizeof(err), path), -1);
-	snprintf(want, sizeof(want), "%s:3: user: not supported yet", path);
+	assert_int_equal(load_text("workers = 2;\n\noutbound = { enabled = true; };\n", &cfg, err,
+				   sizeof(err), path),
+			 -1);
+	snprintf(want, sizeof(want), "%s:3: outbound.enabled: not supported yet", path);
 	assert_string_equal(err, want);
+}
+
+/* §6: user names an existing account; an unknown one is an error at its line. */
+static void test_s6_user_must_exist(void **state)
+{
+	(void)state;
+	struct tf_config cfg;
+	load_ok("user = \"nobody\";\n", &cfg);
+	assert_string_equal(cfg.user, "nobody");
+	config_free(&cfg);
+	expect_error("workers = 1;\nuser = \"no-such-user-tlsfront\"; #<\n",
+		     "user: expected an existing user name", NULL);
 }
 
 /* ---- config_split_hostport --------------------------------------------- */
@@ -844,7 +851,8 @@ static void test_s2_load_twice_and_free_leaks_nothing(void **state)
 	expect_error("tls = { certificates = ( { cert = \"c\"; key = \"k\"; },\n"
 		     " { cert = \"c\"; } ); #<\n};\n",
 		     "tls.certificates[1].key: missing", NULL);
-	expect_error("server_name = \"x\";\nuser = \"u\"; #<\n", "not supported yet", NULL);
+	expect_error("server_name = \"x\";\noutbound = { enabled = true; }; #<\n",
+		     "not supported yet", NULL);
 }
 
 static void test_s2_free_is_safe_on_zeroed_struct(void **state)
@@ -905,6 +913,7 @@ int main(void)
 	    cmocka_unit_test(test_s2_unreadable_file_is_error),
 	    cmocka_unit_test(test_s2_require_tls_without_starttls_is_error_at_later_key),
 	    cmocka_unit_test(test_s3_6_policy_keys_load),
+	    cmocka_unit_test(test_s6_user_must_exist),
 	    cmocka_unit_test(test_s7_11_no_listener_enabled_is_error_at_last_enabled_false),
 	    cmocka_unit_test(test_s2_verify_with_original_destination_is_error_at_later_key),
 	    cmocka_unit_test(test_s2_empty_listen_when_enabled_is_error),

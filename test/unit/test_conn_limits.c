@@ -77,12 +77,29 @@ static void test_s3_1_churn_over_many_addresses(void **state)
 	conn_limits_free();
 }
 
+static void test_s5_reload_changes_limits_keeping_counts(void **state)
+{
+	(void)state;
+	assert_int_equal(conn_limits_init(2, 2), 0);
+	struct sockaddr_in a = v4(1), b = v4(2), c = v4(3);
+	assert_true(conn_limits_admit((struct sockaddr *)&a));
+	assert_true(conn_limits_admit((struct sockaddr *)&b));
+	assert_false(conn_limits_admit((struct sockaddr *)&c));
+	assert_int_equal(conn_limits_set(100, 1), 0); /* grows the table */
+	assert_true(conn_limits_admit((struct sockaddr *)&c));
+	assert_false(conn_limits_admit((struct sockaddr *)&a)); /* a still counted once */
+	conn_limits_release((struct sockaddr *)&a);
+	assert_true(conn_limits_admit((struct sockaddr *)&a));
+	conn_limits_free();
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_s3_1_per_ip_limit),
 	    cmocka_unit_test(test_s3_1_total_limit_and_v6),
 	    cmocka_unit_test(test_s3_1_churn_over_many_addresses),
+	    cmocka_unit_test(test_s5_reload_changes_limits_keeping_counts),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

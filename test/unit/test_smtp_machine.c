@@ -847,7 +847,7 @@ static void test_s3_2_malformed_backend_reply_421(void **state)
 {
 	static const char *const bad[] = {
 	    "hello\r\n", "25\r\n", "250x ok\r\n", "250-a\r\n251 b\r\n", "2a0 x\r\n",
-	    "250 a\rb\r\n",
+	    "250 a\rb\r\n", "\r\n", "\n",
 	};
 	struct smtp_machine_config cfg = cfg_tcp();
 	for (size_t i = 0; i < COUNT(bad); i++) {
@@ -1377,6 +1377,7 @@ static void test_s3_2_auth_lines_up_to_12288(void **state)
 	char *cont = make_line("", 12288, "\r\n");
 	char *cmd_long = make_line("AUTH PLAIN ", 12289, "\r\n");
 	char *plain_long = make_line("NOOP ", 2049, "\r\n");
+	char *authx_long = make_line("AUTHX ", 2049, "\r\n"); /* not AUTH */
 	const struct step s[] = {B(GREET),
 				 CN(cmd, 12288),
 				 B("535 5.7.8 no\r\n"),
@@ -1386,6 +1387,7 @@ static void test_s3_2_auth_lines_up_to_12288(void **state)
 				 B("535 5.7.8 no\r\n"),
 				 CN(cmd_long, 12289),
 				 CN(plain_long, 2049),
+				 CN(authx_long, 2049),
 				 C("NOOP\r\n"),
 				 B("250 ok\r\n"),
 				 END};
@@ -1395,13 +1397,15 @@ static void test_s3_2_auth_lines_up_to_12288(void **state)
 	expect_backend_step(&r, 5, cont);
 	expect_backend_step(&r, 7, "");
 	expect_backend_step(&r, 8, "");
+	expect_backend_step(&r, 9, "");
 	expect_client(&r, GREET "535 5.7.8 no\r\n334 VXNlcm5hbWU6\r\n535 5.7.8 no\r\n500 5.5.2*\r\n"
-				"500 5.5.2*\r\n250 ok\r\n");
+				"500 5.5.2*\r\n500 5.5.2*\r\n250 ok\r\n");
 	run_free(&r);
 	free(cmd);
 	free(cont);
 	free(cmd_long);
 	free(plain_long);
+	free(authx_long);
 }
 
 static void test_s7_3_auth_continuation_nul_cancels(void **state)
@@ -1659,7 +1663,7 @@ static void test_s3_7_reject_mode_max_errors(void **state)
 				 B("500 5.5.2 unknown\r\n"),
 				 C(ENVELOPE),
 				 B("250 ok\r\n250 ok\r\n354 go\r\n"),
-				 C("a\nb\r\n.\r\n"),
+				 C("\nb\r\n.\r\n"),
 				 END};
 	struct run r;
 	play(&cfg, s, &r);
