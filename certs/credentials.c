@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <gnutls/x509.h>
 
 #define DEFAULT_PRIORITY "NORMAL"
@@ -26,6 +28,7 @@ struct creds {
 	gnutls_certificate_credentials_t cert;
 	gnutls_priority_t priority;
 	gnutls_datum_t ticket_key; /* secret: wiped before it is freed */
+	bool has_trust;            /* ca_file loaded: client sessions may verify */
 };
 
 static const gnutls_datum_t alpn_smtp = {(unsigned char *)"smtp", 4};
@@ -178,6 +181,25 @@ static bool load_priority(struct creds *c, const char *priority, char *err, size
 	return false;
 }
 
+/* Trust anchors for outbound "verify" (SPEC §4.3). They live in the same
+ * certificate credentials: a server session never requests a client
+ * certificate, so they change nothing inbound. */
+int creds_load_trust(struct creds *c, const char *ca_file, char *err, size_t errlen)
+{
+	int rc;
+	if (strcmp(ca_file, "system") == 0)
+		rc = gnutls_certificate_set_x509_system_trust(c->cert);
+	else
+		rc = gnutls_certificate_set_x509_trust_file(c->cert, ca_file, GNUTLS_X509_FMT_PEM);
+	if (rc <= 0) {
+		set_err(err, errlen, "outbound.ca_file %s: no trust anchors loaded: %s", ca_file,
+			rc < 0 ? gnutls_strerror(rc) : "no certificate found");
+		return -1;
+	}
+	c->has_trust = true;
+	return 0;
+}
+
 static void creds_free(struct creds *c)
 {
 	if (c->priority)
@@ -293,6 +315,43 @@ int creds_server_session(struct creds *c, gnutls_session_t *session)
 		goto fail;
 	/* TLS 1.2 renegotiation: the caller treats GNUTLS_E_REHANDSHAKE from
 	 * gnutls_record_recv() as a refusal (SPEC §5); nothing to set here. */
+	*session = s;
+	return 0;
+
+fail:
+	gnutls_deinit(s);
+	return rc;
+}
+
+/* An IP address is no name for SNI (RFC 6066 §3). */
+static bool is_address(const char *host)
+{
+	unsigned char a[sizeof(struct in6_addr)];
+	return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
+}
+
+int creds_client_session(struct creds *c, const char *server_name, bool verify,
+			 gnutls_session_t *session)
+{
+	gnutls_session_t s = NULL;
+	int rc;
+
+	*session = NULL;
+	if (verify && (!c->has_trust || server_name == NULL))
+		return GNUTLS_E_NO_CERTIFICATE_FOUND;
+	if ((rc = gnutls_init(&s, GNUTLS_CLIENT | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL)) < 0)
+		return rc;
+	if ((rc = gnutls_priority_set(s, c->priority)) < 0)
+		goto fail;
+	if ((rc = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, c->cert)) < 0)
+		goto fail;
+	if (server_name && !is_address(server_name) &&
+	    (rc = gnutls_server_name_set(s, GNUTLS_NAME_DNS, server_name,
+							 strlen(server_name))) < 0)
+		goto fail;
+	/* The handshake fails unless the chain and the name check out. */
+	if (verify)
+		gnutls_session_set_verify_cert(s, server_name, 0);
 	*session = s;
 	return 0;
 

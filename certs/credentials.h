@@ -48,6 +48,21 @@ void creds_unref(struct creds *c); /* thread-safe; frees at zero; NULL is a no-o
  * GNUTLS_E_NO_APPLICATION_PROTOCOL, that is no_application_protocol). */
 int creds_server_session(struct creds *c, gnutls_session_t *session);
 
+/* Loads the trust anchors of outbound "verify" (SPEC §4.3) into a generation
+ * still being built (before it is shared): a PEM file, or "system". Returns
+ * 0, or -1 with a message in err. */
+int creds_load_trust(struct creds *c, const char *ca_file, char *err, size_t errlen);
+
+/* Prepares a new client session for the outbound peer leg (SPEC §4.2):
+ * the generation's priorities and certificates (presented when the peer asks
+ * for one, §4.2.6), no ALPN (§7.7), SNI = server_name unless it is an IP
+ * address (NULL: no name at all). With verify, the handshake fails unless the chain
+ * leads to the generation's ca_file and the certificate is for server_name
+ * (which must then not be NULL). Returns 0 or a negative GnuTLS error code
+ * (GNUTLS_E_NO_CERTIFICATE_FOUND: verify without trust anchors). */
+int creds_client_session(struct creds *c, const char *server_name, bool verify,
+			 gnutls_session_t *session);
+
 /* Writes the SHA-256 fingerprint of the first certificate, as hex with colons,
  * into out (for the start-up log line). Returns 0 or -1. */
 int creds_fingerprint(struct creds *c, char *out, size_t outlen);

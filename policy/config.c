@@ -23,7 +23,7 @@
  *      feature this version does not have. They are checked last so that a
  *      combination error is reported as what it is. The keys are, one row
  *      each in `not_supported_yet[]` (delete a row when its feature lands):
- *        outbound.enabled               (only false)
+ *        (none at present; outbound.enabled landed with issue 5)
  *
  * Ranges (the upper bounds keep a timeout in milliseconds, as libuv timers
  * take it, within 32 bits, and keep typing mistakes out):
@@ -160,7 +160,7 @@ static const struct leaf leaves[] = {
 /* Keys accepted only at their default value in this version (the list at
  * the top of this file). Delete a row when its feature lands. */
 static const char *const not_supported_yet[] = {
-	"outbound.enabled",
+	NULL, /* none at present */
 };
 // clang-format on
 
@@ -768,6 +768,8 @@ static int check_not_supported_yet(struct loader *ld, const config_t *lc)
 	const config_setting_t *first = NULL;
 	const char *first_path = NULL;
 	for (size_t i = 0; i < COUNT(not_supported_yet); i++) {
+		if (not_supported_yet[i] == NULL)
+			continue;
 		const struct leaf *lf = find_leaf(not_supported_yet[i]);
 		const config_setting_t *s = config_lookup(lc, not_supported_yet[i]);
 		if (lf == NULL || s == NULL || same_value(lf, ld->cfg, &defaults))

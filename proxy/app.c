@@ -32,6 +32,11 @@ struct app *app_load(const char *path, char *err, size_t errlen)
 	};
 	char cerr[512];
 	a->creds = creds_new(&p, &a->self_signed, cerr, sizeof(cerr));
+	if (a->creds && a->cfg.outbound.enabled && a->cfg.outbound.tls == TF_OUT_TLS_VERIFY &&
+	    creds_load_trust(a->creds, a->cfg.outbound.ca_file, cerr, sizeof(cerr)) < 0) {
+		creds_unref(a->creds);
+		a->creds = NULL;
+	}
 	if (!a->creds) {
 		snprintf(err, errlen, "%s: %s", path, cerr);
 		app_unref(a);

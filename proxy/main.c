@@ -94,7 +94,10 @@ static int add_listeners(struct runtime *rt, const struct tf_listener_config *lc
 		char text[80];
 		address_format((struct sockaddr *)&b->addr.ss, text, sizeof(text));
 		log_msg(TF_LOG_INFO, "event=listening listener=%s address=%s workers=%u",
-			kind == LISTENER_TLS ? "tls" : "tcp", text, rt->n_workers);
+			kind == LISTENER_TLS	   ? "tls"
+			: kind == LISTENER_OUTBOUND ? "outbound"
+						    : "tcp",
+			text, rt->n_workers);
 		if (kind == LISTENER_TCP && lc->require_tls &&
 		    address_port((struct sockaddr *)&b->addr.ss) == 25)
 			log_msg(TF_LOG_WARN,
@@ -104,6 +107,16 @@ static int add_listeners(struct runtime *rt, const struct tf_listener_config *lc
 				text);
 	}
 	return 0;
+}
+
+/* SPEC §4: the outbound listener, bound like the inbound ones. */
+static int add_outbound_listeners(struct runtime *rt, const struct tf_config *cfg, char *err,
+				  size_t errlen)
+{
+	struct tf_listener_config lc = {.enabled = cfg->outbound.enabled,
+					.n_listen = cfg->outbound.n_listen};
+	memcpy(lc.listen, cfg->outbound.listen, sizeof(lc.listen));
+	return add_listeners(rt, &lc, LISTENER_OUTBOUND, err, errlen);
 }
 
 static void close_bound(struct runtime *rt)
@@ -223,11 +236,12 @@ static int run(struct runtime *rt)
 		return 1;
 	}
 	rt->n_workers = worker_count(cfg);
-	rt->bound = calloc(2 * TF_MAX_LISTEN, sizeof(*rt->bound));
+	rt->bound = calloc(3 * TF_MAX_LISTEN, sizeof(*rt->bound));
 	if (!rt->bound)
 		return 1;
 	if (add_listeners(rt, &cfg->inbound.tcp, LISTENER_TCP, err, sizeof(err)) < 0 ||
-	    add_listeners(rt, &cfg->inbound.tls, LISTENER_TLS, err, sizeof(err)) < 0) {
+	    add_listeners(rt, &cfg->inbound.tls, LISTENER_TLS, err, sizeof(err)) < 0 ||
+	    add_outbound_listeners(rt, cfg, err, sizeof(err)) < 0) {
 		log_msg(TF_LOG_ERROR, "event=listen_error error=\"%s\"", err);
 		return 1;
 	}

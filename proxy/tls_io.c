@@ -45,10 +45,8 @@ static ssize_t push_cb(gnutls_transport_ptr_t ptr, const void *data, size_t len)
 	return (ssize_t)len;
 }
 
-int tls_io_init(struct tls_io *t, struct creds *creds)
+static int setup(struct tls_io *t, int rc)
 {
-	memset(t, 0, sizeof(*t));
-	int rc = creds_server_session(creds, &t->session);
 	if (rc < 0) {
 		snprintf(t->error, sizeof(t->error), "%s", gnutls_strerror(rc));
 		t->session = NULL;
@@ -59,6 +57,18 @@ int tls_io_init(struct tls_io *t, struct creds *creds)
 	gnutls_transport_set_pull_timeout_function(t->session, pull_timeout_cb);
 	gnutls_transport_set_push_function(t->session, push_cb);
 	return TLSIO_OK;
+}
+
+int tls_io_init(struct tls_io *t, struct creds *creds)
+{
+	memset(t, 0, sizeof(*t));
+	return setup(t, creds_server_session(creds, &t->session));
+}
+
+int tls_io_init_client(struct tls_io *t, struct creds *creds, const char *server_name, bool verify)
+{
+	memset(t, 0, sizeof(*t));
+	return setup(t, creds_client_session(creds, server_name, verify, &t->session));
 }
 
 void tls_io_free(struct tls_io *t)

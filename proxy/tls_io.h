@@ -1,4 +1,5 @@
-/* tls_io.h — GnuTLS driven over memory for one client connection.
+/* tls_io.h — GnuTLS driven over memory for one connection: the server side
+ * for inbound clients, the client side for the outbound peer.
  *
  * The proxy hands in ciphertext as libuv delivers it; GnuTLS pulls from that
  * buffer and pushes ciphertext into an output buffer that the proxy flushes
@@ -33,6 +34,9 @@ struct tls_io {
 };
 
 int tls_io_init(struct tls_io *t, struct creds *creds);
+/* The client side, for the outbound peer leg (creds_client_session()):
+ * tls_io_handshake() then sends the ClientHello into t->out. */
+int tls_io_init_client(struct tls_io *t, struct creds *creds, const char *server_name, bool verify);
 void tls_io_free(struct tls_io *t);
 
 /* Ciphertext from the client. Returns false when out of memory. */

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "proxy/log.h"
+#include "proxy/outbound.h"
 #include "proxy/session.h"
 
 static void connection_cb(uv_stream_t *server, int status)
@@ -25,7 +26,10 @@ static void connection_cb(uv_stream_t *server, int status)
 	}
 	if (l->worker->stopping)
 		return;
-	session_accept(l);
+	if (l->kind == LISTENER_OUTBOUND)
+		outbound_accept(l);
+	else
+		session_accept(l);
 }
 
 /* Closes the loop's own handles once nothing else is left. */
@@ -54,6 +58,10 @@ static void shutdown_timer_cb(uv_timer_t *t)
 		struct session *next = s->next; /* s stays alive until its close callbacks */
 		session_shutdown(s);
 		s = next;
+	}
+	for (struct outbound *o = w->outbounds, *next; o; o = next) {
+		next = o->next;
+		outbound_shutdown(o);
 	}
 }
 

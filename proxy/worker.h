@@ -17,7 +17,7 @@
 
 #define WORKER_READ_BUF (64 * 1024)
 
-enum listener_kind { LISTENER_TCP = 0, LISTENER_TLS };
+enum listener_kind { LISTENER_TCP = 0, LISTENER_TLS, LISTENER_OUTBOUND };
 
 struct listener {
 	uv_tcp_t handle;
@@ -27,6 +27,7 @@ struct listener {
 };
 
 struct session;
+struct outbound;
 
 struct worker {
 	unsigned index;
@@ -39,7 +40,8 @@ struct worker {
 	uv_timer_t shutdown_timer;
 	struct listener *listeners; /* owned array */
 	size_t n_listeners;
-	struct session *sessions; /* intrusive list of live sessions */
+	struct session *sessions;   /* intrusive list of live sessions */
+	struct outbound *outbounds; /* intrusive list of live outbound sessions */
 	unsigned n_sessions;
 	bool stopping;
 	pthread_t thread;

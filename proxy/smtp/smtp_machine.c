@@ -40,6 +40,14 @@ void smtp_machine_init(struct smtp_machine *m, const struct smtp_machine_config 
 	m->fifo_len = 1;
 }
 
+void smtp_machine_skip_greeting(struct smtp_machine *m)
+{
+	if (m->phase != PHASE_GREETING || m->fifo_len != 1)
+		return;
+	m->fifo_len = 0; /* the PEND_GREETING slot */
+	m->phase = PHASE_COMMAND;
+}
+
 void smtp_machine_free(struct smtp_machine *m)
 {
 	buf_free(&m->in);
@@ -483,12 +491,20 @@ static void send_xclient(struct smtp_machine *m)
 	put_xtext(m, m->cfg.xclient_addr);
 	to_backend(m, " PORT=", 6);
 	put_xtext(m, port);
-	to_backend(m, " NAME=[UNAVAILABLE]\r\n", 22);
+	static const char name[] = " NAME=[UNAVAILABLE]\r\n";
+	to_backend(m, name, sizeof(name) - 1);
 	fifo_push(m, (struct smtp_pending){.kind = PEND_XCLIENT});
 }
 
 static void handle_reply(struct smtp_machine *m, int code, const char *text, size_t len)
 {
+	if (code == 421) {
+		/* The backend is closing (RFC 5321 §3.8), whatever the reply
+		 * answered: pass its 421 on, and close without one of ours. */
+		to_client(m, text, len);
+		close_session(m, CLOSE_BACKEND_CLOSED);
+		return;
+	}
 	struct smtp_pending *head = fifo_peek(m);
 	if (!head) {
 		/* Unsolicited (a backend's 421 before it closes): pass on. */

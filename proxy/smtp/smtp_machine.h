@@ -128,6 +128,10 @@ struct smtp_machine {
 void smtp_machine_init(struct smtp_machine *m, const struct smtp_machine_config *cfg);
 void smtp_machine_free(struct smtp_machine *m);
 
+/* Outbound (SPEC §4.2.3): the greeting and the first EHLO/HELO were
+ * already handled by outbound_nego; start in the command phase. */
+void smtp_machine_skip_greeting(struct smtp_machine *m);
+
 /* Client plaintext. Always takes every byte (held when it cannot be
  * processed yet); check smtp_machine_wants_client_input() before reading
  * more. */

@@ -9,6 +9,7 @@ config file in tmp_path, in the foreground.
 """
 import os
 import re
+import select
 import smtplib
 import socket
 import ssl
@@ -176,8 +177,10 @@ class ScriptedBackend:
     header bytes, the command lines and everything received."""
 
     def __init__(self, proxy=None, ehlo=("PIPELINING", "8BITMIME", "XCLIENT NAME ADDR PORT"),
-                 xclient_reply="220 second.greeting ESMTP after XCLIENT"):
+                 xclient_reply="220 second.greeting ESMTP after XCLIENT",
+                 greeting="220 first.greeting ESMTP scripted"):
         self.proxy = proxy
+        self.greeting = greeting
         self.ehlo = list(ehlo)
         self.xclient_reply = xclient_reply
         self.conns = []  # dicts: header, commands, raw, error
@@ -203,7 +206,8 @@ class ScriptedBackend:
                 continue
             except OSError:
                 return
-            rec = {"header": b"", "commands": [], "raw": bytearray(), "error": None}
+            rec = {"header": b"", "commands": [], "raw": bytearray(), "error": None,
+                   "pipelined_after_xclient": None}
             with self.lock:
                 if len(self.conns) >= 100:
                     conn.close()
@@ -245,7 +249,7 @@ class ScriptedBackend:
         try:
             if self.proxy:
                 self._read_header(conn, rec)
-            conn.sendall(b"220 first.greeting ESMTP scripted\r\n")
+            conn.sendall(self.greeting.encode() + b"\r\n")
             in_data = False
             for _ in range(100000):
                 if in_data:
@@ -267,6 +271,10 @@ class ScriptedBackend:
                             conn.sendall("".join("250-%s\r\n" % k for k in kws[:-1]).encode()
                                          + ("250 %s\r\n" % kws[-1]).encode())
                         elif verb == "XCLIENT":
+                            # Like Postfix: nothing may follow XCLIENT before its reply.
+                            time.sleep(0.2)
+                            ready, _, _ = select.select([conn], [], [], 0)
+                            rec["pipelined_after_xclient"] = bool(buf or ready)
                             conn.sendall(self.xclient_reply.encode() + b"\r\n")
                         elif verb == "DATA":
                             conn.sendall(b"354 go on\r\n")
@@ -275,8 +283,10 @@ class ScriptedBackend:
                         elif verb == "QUIT":
                             conn.sendall(b"221 2.0.0 Bye\r\n")
                             return
-                        else:
+                        elif verb in ("HELO", "MAIL", "RCPT", "RSET", "NOOP"):
                             conn.sendall(b"250 2.0.0 Ok\r\n")
+                        else:  # a NUL, a stray byte, an unknown verb: strict
+                            conn.sendall(b"500 5.5.2 Error: command not recognized\r\n")
                         continue
                 chunk = conn.recv(65536)
                 if not chunk:
@@ -478,8 +488,11 @@ def test_s3_3_xclient_postfix_logs_real_client(tlsfront_factory, postfix):
 
     qid = queue_id_of(resp)
     assert postfix_client_of(postfix, qid) == "unknown[127.0.0.2]", postfix.log_text()
-    m = postfix.wait_log(r"disconnect from (\S+) .*xclient=1")
+    # (Postfix counts even a successful XCLIENT as "xclient=0/1".)
+    m = postfix.wait_log(r"disconnect from (\S+) .*xclient=")
     assert m.group(1) == "unknown[127.0.0.2]", postfix.log_text()
+    # tlsfront waited for each reply of its own dialogue (and sent nothing stray).
+    assert "improper command pipelining" not in postfix.log_text(), postfix.log_text()
     # Nothing of the mail was attributed to tlsfront's own address.
     assert not re.search(r"client=\S*\[127\.0\.0\.1\]", postfix.log_text()), postfix.log_text()
 
@@ -498,7 +511,11 @@ def test_s3_3_xclient_command_and_new_greeting(tlsfront_factory, scripted_factor
         g = c.greeting()
         # ... is greeted with the greeting that followed XCLIENT, not the first.
         assert "second.greeting" in g.text, g
-        c.ehlo()
+        r = c.cmd("EHLO client.test")
+        assert r.code == 250, (r, "backend received:", bytes(backend.conns[0]["raw"]))
+        # The client's own XCLIENT is refused, not forwarded (§3.2).
+        r = c.cmd("XCLIENT ADDR=192.0.2.66")
+        assert r.code == 502 and r.enhanced == "5.5.1", r
         assert c.cmd("QUIT").code == 221
     # ... and an IPv6 client named by a PROXY header.
     with Client(tf.port) as c:
@@ -506,12 +523,42 @@ def test_s3_3_xclient_command_and_new_greeting(tlsfront_factory, scripted_factor
         assert "second.greeting" in c.greeting().text
         assert c.cmd("QUIT").code == 221
 
-    conns = backend.wait_conns(2)
+    # A client that speaks before the greeting (header and EHLO in one
+    # write): its EHLO waits until the XCLIENT dialogue is over.
+    with Client(tf.port) as c:
+        c.send(pp_v1("192.0.2.5", 999, "192.0.2.6", 25) + b"EHLO early.test\r\n")
+        assert "second.greeting" in c.greeting().text
+        assert c.read_reply().code == 250
+        assert c.cmd("QUIT").code == 221
+
+    conns = backend.wait_conns(3)
+    assert [x["pipelined_after_xclient"] for x in conns] == [False] * 3, conns
+    assert bytes(conns[2]["raw"]) == (
+        b"EHLO mx.test\r\nXCLIENT ADDR=192.0.2.5 PORT=999 NAME=[UNAVAILABLE]\r\n"
+        b"EHLO early.test\r\nQUIT\r\n"), bytes(conns[2]["raw"])
     first, second = conns[0]["commands"], conns[1]["commands"]
+    # Exactly these bytes, nothing between the XCLIENT line and the client's EHLO.
+    assert bytes(conns[0]["raw"]) == (
+        b"EHLO mx.test\r\nXCLIENT ADDR=127.0.0.2 PORT=%d NAME=[UNAVAILABLE]\r\n"
+        b"EHLO client.test\r\nQUIT\r\n" % v4_port), bytes(conns[0]["raw"])
     assert first[:2] == ["EHLO mx.test",
                          "XCLIENT ADDR=127.0.0.2 PORT=%d NAME=[UNAVAILABLE]" % v4_port], first
     assert second[:2] == ["EHLO mx.test",
                           "XCLIENT ADDR=IPV6:2001:db8::7 PORT=5000 NAME=[UNAVAILABLE]"], second
+
+
+def test_s3_1_s3_3_xclient_554_greeting_relayed(tlsfront_factory, scripted_factory):
+    """A backend that greets 554 gets no XCLIENT: the 554 goes to the client
+    unchanged (§3.1 step 4)."""
+    backend = scripted_factory(greeting="554 5.3.2 first.greeting no service")
+    tf = start_front(tlsfront_factory, backend.port, client_info="xclient")
+    with Client(tf.port, source="127.0.0.2") as c:
+        r = c.read_reply()
+        assert r.raw == b"554 5.3.2 first.greeting no service\r\n", r
+        r = c.cmd("QUIT")
+        assert r.code == 221, r
+    [rec] = backend.wait_conns(1)
+    assert not any(x.upper().startswith(("EHLO", "XCLIENT")) for x in rec["commands"]), rec
 
 
 @pytest.mark.parametrize("case", ["no_xclient_keyword", "xclient_refused"])
@@ -542,7 +589,8 @@ def test_s3_3_xclient_backend_without_xclient(tlsfront_factory, aiosmtpd_backend
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_s3_3_proxy_v1_and_v2_to_backend(tlsfront_factory, scripted_factory, version):
     backend = scripted_factory(proxy=version, ehlo=("PIPELINING", "8BITMIME"))
-    tf = start_front(tlsfront_factory, backend.port, client_info="proxy-" + version)
+    tf = start_front(tlsfront_factory, backend.port, client_info="proxy-" + version,
+                     tls_port=True)
     with Client(tf.port, source="127.0.0.2") as c:
         g = c.greeting()
         assert "first.greeting" in g.text, g
@@ -551,8 +599,18 @@ def test_s3_3_proxy_v1_and_v2_to_backend(tlsfront_factory, scripted_factory, ver
                                       b"Subject: x\r\n\r\nbody\r\n.\r\n").code == 250
         assert c.cmd("QUIT").code == 221
         client_port = c.local_port
+    # On the TLS port the destination is the TLS port.
+    with Client(tf.tls_port, source="127.0.0.3", tls=True) as c:
+        c.greeting()
+        assert c.cmd("QUIT").code == 221
+        tls_client_port = c.local_port
 
-    [rec] = backend.wait_conns(1)
+    rec, tls_rec = backend.wait_conns(2)
+    parse = parse_pp_v1 if version == "v1" else parse_pp_v2
+    h = parse(tls_rec["header"])
+    assert (h["src"], h["sport"], h["dst"], h["dport"]) == (
+        "127.0.0.3", tls_client_port, HOST, tf.tls_port), h
+
     raw = bytes(rec["raw"])
     hdr = rec["header"]
     assert raw.startswith(hdr) and hdr, (rec, raw[:120])
@@ -640,6 +698,7 @@ def test_s3_3_haproxy_send_proxy_v2_to_postfix(tlsfront_factory, postfix, haprox
     assert summary["messages"] == "1", summary
     assert postfix_client_of(postfix, queue_id_of(resp)) == "unknown[127.0.0.4]", \
         postfix.log_text()
+    assert "improper command pipelining" not in postfix.log_text(), postfix.log_text()
     # HAProxy's own address never passed for a client.
     assert not any(s.get("client", "").startswith("127.0.0.1:")
                    for s in tf.events("session")), tf.log_text()
@@ -692,6 +751,29 @@ def test_s7_10_proxy_protocol_strict(tlsfront_factory, scripted_factory):
         s = tf.session_of(c.local)
         assert s["reason"] == "quit", s
 
+        # v2 LOCAL with addresses (allowed; they are to be ignored).
+        with Client(tf.port) as c:
+            c.send(pp_v2("192.0.2.99", 9999, "192.0.2.1", 25, command=0x0))
+            c.greeting()
+            assert c.cmd("QUIT").code == 221
+        s = tf.session_of(c.local)
+        assert s["reason"] == "quit", s
+        assert not [e for e in tf.events("session") if e.get("client") == "192.0.2.99:9999"], \
+            "a LOCAL header's addresses were used"
+
+        # v2 with TLVs after the addresses (ALPN "smtp", NOOP), sent one
+        # byte at a time.
+        tlv = b"\x01" + struct.pack("!H", 4) + b"smtp" + b"\x04" + struct.pack("!H", 2) + b"\0\0"
+        hdr = pp_v2("192.0.2.33", 3333, "192.0.2.1", 25)
+        hdr = hdr[:14] + struct.pack("!H", 12 + len(tlv)) + hdr[16:] + tlv
+        with Client(tf.port) as c:
+            for i in range(len(hdr)):
+                c.send(hdr[i:i + 1])
+                time.sleep(0.005)
+            c.greeting()
+            assert c.cmd("QUIT").code == 221
+        assert tf.session_of("192.0.2.33:3333")["reason"] == "quit"
+
         # A valid v1 header and the first command in one write.
         with Client(tf.port) as c:
             c.send(pp_v1("192.0.2.44", 1234, "192.0.2.25", 25) + b"EHLO joined.test\r\n")
@@ -735,6 +817,72 @@ def test_s7_10_proxy_header_before_tls_handshake(tlsfront_factory, scripted_fact
         c.close()
     s = tf.session_of(c.local)
     assert s["reason"] == "error", s
+
+
+class BioTls:
+    """A TLS client over a socket driven through memory BIOs, so the PROXY
+    header and the ClientHello can leave in ONE write (as HAProxy may send
+    them)."""
+
+    def __init__(self, sock, first=b""):
+        self.sock = sock
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = insecure_context().wrap_bio(self.inc, self.out)
+        self.buf = b""
+        pending = first
+        for _ in range(100):
+            try:
+                self.obj.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            data = pending + self.out.read()
+            pending = b""
+            if data:
+                sock.sendall(data)
+            if done:
+                return
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise tfhelpers.Closed("closed during the handshake")
+            self.inc.write(chunk)
+        raise AssertionError("handshake not done in 100 rounds")
+
+    def send(self, data):
+        self.obj.write(data)
+        self.sock.sendall(self.out.read())
+
+    def read_line(self):
+        for _ in range(1000):
+            i = self.buf.find(b"\r\n")
+            if i >= 0:
+                line, self.buf = self.buf[:i], self.buf[i + 2:]
+                return line.decode("latin-1")
+            try:
+                self.buf += self.obj.read(65536)
+                continue
+            except ssl.SSLWantReadError:
+                pass
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise tfhelpers.Closed(repr(self.buf))
+            self.inc.write(chunk)
+        raise AssertionError("no line")
+
+
+def test_s7_10_proxy_header_and_client_hello_in_one_write(tlsfront_factory, scripted_factory):
+    backend = scripted_factory(ehlo=("PIPELINING",))
+    tf = start_front(tlsfront_factory, backend.port, tls_port=True, tls_proxy=True)
+    sock = socket.create_connection((HOST, tf.tls_port), timeout=IO_TIMEOUT)
+    try:
+        t = BioTls(sock, first=pp_v1("192.0.2.78", 2526, "192.0.2.1", 465))
+        assert t.read_line().startswith("220 "), t.buf
+        t.send(b"QUIT\r\n")
+        assert t.read_line().startswith("221 ")
+    finally:
+        sock.close()
+    s = tf.session_of("192.0.2.78:2526")
+    assert s["listener"] == "tls" and s["tls"].startswith("TLS1."), s
 
 
 # ============================================================================
@@ -790,6 +938,14 @@ def test_s3_1_limits_per_ip(tlsfront_factory, raw_backend):
         held.pop(0).close()
         c = admitted_again(tf.port, HOST)
         held.append(c)
+        # The refused sessions left the count exact: still two at most.
+        with Client(tf.port) as c:
+            expect_limit(c)
+        # All closed: two fit again (nothing leaked).
+        for c in held:
+            c.close()
+        held = [admitted_again(tf.port, HOST)]
+        held.append(admitted_again(tf.port, HOST))
     finally:
         for c in held:
             c.close()
@@ -817,17 +973,41 @@ def test_s3_1_max_connections_across_workers(tlsfront_factory, raw_backend):
 
 def test_s3_1_limits_use_proxy_header_address(tlsfront_factory, raw_backend):
     tf = start_front(tlsfront_factory, raw_backend.port, tcp_proxy=True,
-                     max_connections_per_ip=1)
-    with Client(tf.port) as first:
-        first.send(pp_v1("198.51.100.9", 5000, "192.0.2.25", 25))
-        first.greeting()
+                     max_connections_per_ip=1, max_connections=4)
+    # Connections closed for a bad header were never counted: they must not
+    # be released either (the balancer's own address, 127.0.0.1, stays at 0).
+    for _ in range(3):
+        with Client(tf.port) as c:
+            c.send(b"HELO nothing\r\n")
+            assert closed_silently(c, 5)[:2] == (True, b"")
+        tf.session_of(c.local)
+    held = []
+
+    def admitted(header):
+        c = Client(tf.port)
+        held.append(c)
+        c.send(header)
+        c.greeting()
+
+    def refused(header):
+        with Client(tf.port) as c:
+            c.send(header)
+            expect_limit(c)
+
+    try:
+        admitted(pp_v2_local())  # a health check: counted as 127.0.0.1
+        refused(pp_v2_local())  # per_ip = 1 for 127.0.0.1
+        admitted(pp_v1("198.51.100.9", 5000, "192.0.2.25", 25))
         # Same balancer address (127.0.0.1), another client: admitted.
-        with Client(tf.port) as other:
-            other.send(pp_v2("198.51.100.10", 5001, "192.0.2.25", 25))
-            other.greeting()
-            # Same client address from the header: over the limit.
-            with Client(tf.port) as second:
-                second.send(pp_v2("198.51.100.9", 5002, "192.0.2.25", 25))
-                expect_limit(second)
+        admitted(pp_v2("198.51.100.10", 5001, "192.0.2.25", 25))
+        # Same client address from the header: over the limit.
+        refused(pp_v2("198.51.100.9", 5002, "192.0.2.25", 25))
+        # max_connections = 4: a fourth address fits, a fifth does not.
+        admitted(pp_v1("198.51.100.11", 5003, "192.0.2.25", 25))
+        refused(pp_v1("198.51.100.12", 5004, "192.0.2.25", 25))
+    finally:
+        for c in held:
+            c.close()
     s = tf.session_of("198.51.100.9:5002")
     assert s["reason"] == "limit", s
+    assert tf.session_of("198.51.100.12:5004")["reason"] == "limit"

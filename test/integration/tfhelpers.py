@@ -553,6 +553,14 @@ class TlsFront:
             raise AssertionError("tlsfront did not exit within %ss after signal %s"
                                  % (timeout, sig))
 
+    def wait_exit(self, timeout=10.0):
+        """Waits (bounded) for tlsfront to exit by itself; returns the exit code."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("tlsfront still running %ss later:\n%s"
+                                 % (timeout, self.log_text()[-5000:]))
+
     def kill(self):
         if self.proc.poll() is None:
             self.proc.kill()

@@ -742,23 +742,18 @@ static void test_s3_6_policy_keys_load(void **state)
 	config_free(&cfg);
 }
 
+/* §4 is built (issue 5): outbound.enabled = true is no longer refused. */
 static void test_s2_not_supported_yet_value_is_error(void **state)
 {
 	(void)state;
-	static const struct bad_case cases[] = {
-	    {"outbound = {\n enabled = true; #<\n};\n", "outbound.enabled: not supported yet",
-	     NULL},
-	};
-	expect_errors(cases, COUNT(cases));
-
-	/* The exact form, with the line given outright. */
 	struct tf_config cfg;
-	char path[64], err[512], want[128];
-	assert_int_equal(load_text("workers = 2;\n\noutbound = { enabled = true; };\n", &cfg, err,
-				   sizeof(err), path),
-			 -1);
-	snprintf(want, sizeof(want), "%s:3: outbound.enabled: not supported yet", path);
-	assert_string_equal(err, want);
+	load_ok("workers = 2;\n\noutbound = { enabled = true; next_hop = \"localhost:25\";\n"
+		" tls = \"verify\"; ca_file = \"/etc/ssl/certs/ca-certificates.crt\"; };\n",
+		&cfg);
+	assert_true(cfg.outbound.enabled);
+	assert_int_equal(cfg.outbound.tls, TF_OUT_TLS_VERIFY);
+	assert_string_equal(cfg.outbound.next_hop, "localhost:25");
+	config_free(&cfg);
 }
 
 /* §6: user names an existing account; an unknown one is an error at its line. */
@@ -851,8 +846,9 @@ static void test_s2_load_twice_and_free_leaks_nothing(void **state)
 	expect_error("tls = { certificates = ( { cert = \"c\"; key = \"k\"; },\n"
 		     " { cert = \"c\"; } ); #<\n};\n",
 		     "tls.certificates[1].key: missing", NULL);
-	expect_error("server_name = \"x\";\noutbound = { enabled = true; }; #<\n",
-		     "not supported yet", NULL);
+	expect_error("server_name = \"x\";\noutbound = { enabled = true; tls = \"verify\";\n"
+		     " next_hop = \"original-destination\"; }; #<\n",
+		     "no name to verify", NULL);
 }
 
 static void test_s2_free_is_safe_on_zeroed_struct(void **state)

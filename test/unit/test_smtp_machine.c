@@ -39,6 +39,7 @@ enum step_kind {
 	ST_TIMEOUT,
 	ST_SHUTDOWN,
 	ST_UNAVAILABLE,
+	ST_LIMIT,
 };
 
 struct step {
@@ -47,16 +48,18 @@ struct step {
 	size_t n;
 };
 
-#define C(s)		   {ST_CLIENT, (s), sizeof(s) - 1}
-#define B(s)		   {ST_BACKEND, (s), sizeof(s) - 1}
-#define CN(p, n)	   {ST_CLIENT, (p), (n)}
-#define BN(p, n)	   {ST_BACKEND, (p), (n)}
-#define TLS		   {ST_TLS, NULL, 0}
-#define BACKEND_CLOSED	   {ST_BACKEND_CLOSED, NULL, 0}
-#define TIMEOUT		   {ST_TIMEOUT, NULL, 0}
-#define SHUTDOWN	   {ST_SHUTDOWN, NULL, 0}
-#define UNAVAILABLE	   {ST_UNAVAILABLE, NULL, 0}
-#define END		   {ST_END, NULL, 0}
+/* clang-format off */
+#define C(s)		{ST_CLIENT, (s), sizeof(s) - 1}
+#define B(s)		{ST_BACKEND, (s), sizeof(s) - 1}
+#define CN(p, n)	{ST_CLIENT, (p), (n)}
+#define BN(p, n)	{ST_BACKEND, (p), (n)}
+#define TLS		{ST_TLS, NULL, 0}
+#define BACKEND_CLOSED	{ST_BACKEND_CLOSED, NULL, 0}
+#define TIMEOUT		{ST_TIMEOUT, NULL, 0}
+#define SHUTDOWN	{ST_SHUTDOWN, NULL, 0}
+#define UNAVAILABLE	{ST_UNAVAILABLE, NULL, 0}
+#define END		{ST_END, NULL, 0}
+/* clang-format on */
 
 #define MAX_STEPS 64
 
@@ -195,6 +198,9 @@ static void run_script(const struct smtp_machine_config *cfg, const struct step 
 		case ST_UNAVAILABLE:
 			smtp_machine_backend_unavailable(&m);
 			break;
+		case ST_LIMIT:
+			smtp_machine_limit(&m);
+			break;
 		case ST_END:
 			break;
 		}
@@ -238,8 +244,8 @@ static bool same_buf(const struct buf *a, const struct buf *b)
 	return a->len == b->len && (a->len == 0 || memcmp(a->data, b->data, a->len) == 0);
 }
 
-static void assert_same_run(const struct run *a, const struct run *b, const char *how,
-			    size_t step, size_t k)
+static void assert_same_run(const struct run *a, const struct run *b, const char *how, size_t step,
+			    size_t k)
 {
 	bool same = same_buf(&a->client, &b->client) && same_buf(&a->backend, &b->backend) &&
 		    a->nsteps == b->nsteps && a->close_step == b->close_step &&
@@ -257,7 +263,8 @@ static void assert_same_run(const struct run *a, const struct run *b, const char
 	print_escaped("whole backend", a->backend.data, a->backend.len);
 	print_escaped("split backend", b->backend.data, b->backend.len);
 	for (size_t i = 0; i < a->nsteps; i++)
-		fprintf(stderr, "step %zu: client_at %zu/%zu backend_at %zu/%zu flags %x/%x disc %zu/%zu\n",
+		fprintf(stderr,
+			"step %zu: client_at %zu/%zu backend_at %zu/%zu flags %x/%x disc %zu/%zu\n",
 			i, a->client_at[i + 1], b->client_at[i + 1], a->backend_at[i + 1],
 			b->backend_at[i + 1], a->flags[i], b->flags[i], a->discarded[i],
 			b->discarded[i]);
@@ -312,8 +319,10 @@ static bool lines_match(const char *text, size_t len, const char *pattern)
 	return t == len;
 }
 
-#define expect_client_step(r, i, pattern) expect_part("client", &(r)->client, (r)->client_at, i, pattern, true)
-#define expect_backend_step(r, i, text)	  expect_part("backend", &(r)->backend, (r)->backend_at, i, text, false)
+#define expect_client_step(r, i, pattern)                                                          \
+	expect_part("client", &(r)->client, (r)->client_at, i, pattern, true)
+#define expect_backend_step(r, i, text)                                                            \
+	expect_part("backend", &(r)->backend, (r)->backend_at, i, text, false)
 
 static void expect_part(const char *side, const struct buf *b, const size_t *at, size_t i,
 			const char *expected, bool pattern)
@@ -428,24 +437,119 @@ static void test_s3_1_backend_unavailable_421_4_3_2(void **state)
 	run_free(&r);
 }
 
+static void test_s3_1_limit_421_4_7_0(void **state)
+{
+	struct smtp_machine_config cfg = cfg_tcp();
+	const struct step s[] = {C("EHLO x\r\n"), {ST_LIMIT, NULL, 0}, B(GREET), END};
+	struct run r;
+	play(&cfg, s, &r);
+	expect_client(&r, "421 4.7.0 *\r\n");
+	expect_backend(&r, "");
+	expect_close(&r, 1, CLOSE_LIMIT);
+	run_free(&r);
+}
+
+/* ---- §3.3 ---------------------------------------------------------------- */
+
+static struct smtp_machine_config cfg_xclient(void)
+{
+	struct smtp_machine_config cfg = cfg_tcp();
+	cfg.xclient = true;
+	strcpy(cfg.xclient_addr, "IPV6:2001:db8::7");
+	cfg.xclient_port = 40123;
+	return cfg;
+}
+
+static void test_s3_3_xclient_handshake(void **state)
+{
+	struct smtp_machine_config cfg = cfg_xclient();
+	const struct step s[] = {
+	    B("220 backend.test ESMTP\r\n"),
+	    C("EHLO client.test\r\n"),
+	    B("250-backend.test\r\n250-XCLIENT ADDR PORT NAME\r\n250 SIZE 1\r\n"),
+	    B("220 backend.test ESMTP again\r\n"),
+	    B(EHLO_REPLY),
+	    END};
+	struct run r;
+	play(&cfg, s, &r);
+	/* The first greeting and tlsfront's own EHLO reply are not the
+	 * client's; the greeting after XCLIENT is. The client's EHLO waits. */
+	expect_backend_step(&r, 0, "EHLO mx.test\r\n");
+	expect_backend_step(&r, 1, "");
+	expect_backend_step(&r, 2,
+			    "XCLIENT ADDR=IPV6:2001:db8::7 PORT=40123 NAME=[UNAVAILABLE]\r\n");
+	expect_client_step(&r, 2, "");
+	expect_client_step(&r, 3, "220 backend.test ESMTP again\r\n");
+	expect_backend_step(&r, 3, "EHLO client.test\r\n");
+	expect_client_step(&r, 4,
+			   "250-backend.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n"
+			   "250 STARTTLS\r\n");
+	run_free(&r);
+}
+
+static void test_s3_3_xclient_not_offered_421_4_3_5(void **state)
+{
+	struct smtp_machine_config cfg = cfg_xclient();
+	const struct step s[] = {B(GREET), B("250-backend.test\r\n250-XCLIENTX\r\n250 SIZE 1\r\n"),
+				 C("EHLO c\r\n"), END};
+	struct run r;
+	play(&cfg, s, &r);
+	expect_client(&r, "421 4.3.5 *\r\n");
+	expect_backend(&r, "EHLO mx.test\r\n");
+	expect_close(&r, 1, CLOSE_ERROR);
+	run_free(&r);
+
+	/* EHLO refused by the backend: the same. */
+	const struct step t[] = {B(GREET), B("502 5.5.1 no EHLO\r\n"), END};
+	play(&cfg, t, &r);
+	expect_client(&r, "421 4.3.5 *\r\n");
+	run_free(&r);
+}
+
+static void test_s3_3_xclient_refused_421_4_3_5(void **state)
+{
+	struct smtp_machine_config cfg = cfg_xclient();
+	const struct step s[] = {B(GREET), B("250-backend.test\r\n250 xclient ADDR\r\n"),
+				 B("550 5.7.0 not authorized\r\n"), END};
+	struct run r;
+	play(&cfg, s, &r);
+	expect_client(&r, "421 4.3.5 *\r\n");
+	expect_close(&r, 2, CLOSE_ERROR);
+	run_free(&r);
+}
+
+static void test_s3_3_xclient_greeting_554_relayed(void **state)
+{
+	/* A backend refusing service in its greeting: relayed as it is. */
+	struct smtp_machine_config cfg = cfg_xclient();
+	const struct step s[] = {B("554 5.3.2 no service\r\n"), C("QUIT\r\n"), B("221 bye\r\n"),
+				 END};
+	struct run r;
+	play(&cfg, s, &r);
+	expect_client(&r, "554 5.3.2 no service\r\n221 bye\r\n");
+	expect_backend(&r, "QUIT\r\n");
+	run_free(&r);
+}
+
 /* ---- §3.2 ---------------------------------------------------------------- */
 
 static void test_s3_2_pipelining_replies_in_order(void **state)
 {
 	struct smtp_machine_config cfg = cfg_tcp();
-	const struct step s[] = {
-	    B(GREET),
-	    C("EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nRCPT TO:<e@f.test>\r\n"),
-	    B(EHLO_REPLY "250 2.1.0 Ok\r\n"),
-	    B("250 2.1.5 Ok\r\n550 5.1.1 unknown\r\n"),
-	    END};
+	const struct step s[] = {B(GREET),
+				 C("EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT "
+				   "TO:<c@d.test>\r\nRCPT TO:<e@f.test>\r\n"),
+				 B(EHLO_REPLY "250 2.1.0 Ok\r\n"),
+				 B("250 2.1.5 Ok\r\n550 5.1.1 unknown\r\n"), END};
 	struct run r;
 	play(&cfg, s, &r);
-	expect_backend_step(&r, 1, "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\n"
-				   "RCPT TO:<c@d.test>\r\nRCPT TO:<e@f.test>\r\n");
+	expect_backend_step(&r, 1,
+			    "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\n"
+			    "RCPT TO:<c@d.test>\r\nRCPT TO:<e@f.test>\r\n");
 	expect_client_step(&r, 1, "");
-	expect_client_step(&r, 2, "250-backend.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n"
-				  "250 STARTTLS\r\n250 2.1.0 Ok\r\n");
+	expect_client_step(&r, 2,
+			   "250-backend.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n"
+			   "250 STARTTLS\r\n250 2.1.0 Ok\r\n");
 	expect_client_step(&r, 3, "250 2.1.5 Ok\r\n550 5.1.1 unknown\r\n");
 	assert_int_equal(r.errors, 0); /* refused recipients do not count */
 	expect_close(&r, -1, CLOSE_NONE);
@@ -456,11 +560,8 @@ static void test_s3_2_pipelining_local_refusal_in_turn(void **state)
 {
 	struct smtp_machine_config cfg = cfg_tcp();
 	const struct step s[] = {
-	    B(GREET),
-	    C("MAIL FROM:<a@b.test>\r\nXCLIENT ADDR=192.0.2.1\r\nRCPT TO:<c@d.test>\r\n"),
-	    B("250 2.1.0 Ok\r\n"),
-	    B("250 2.1.5 Ok\r\n"),
-	    END};
+	    B(GREET), C("MAIL FROM:<a@b.test>\r\nXCLIENT ADDR=192.0.2.1\r\nRCPT TO:<c@d.test>\r\n"),
+	    B("250 2.1.0 Ok\r\n"), B("250 2.1.5 Ok\r\n"), END};
 	struct run r;
 	play(&cfg, s, &r);
 	/* XCLIENT never reaches the backend; its 502 waits for MAIL's 250. */
@@ -566,10 +667,10 @@ static void test_s3_2_long_line_500_session_goes_on(void **state)
 {
 	struct smtp_machine_config cfg = cfg_tcp();
 	cfg.line_length = 64;
-	char *ok = make_line("NOOP ", 64, "\r\n");	  /* exactly line_length */
-	char *ok_lf = make_line("NOOP ", 63, "\n");	  /* 64 once forwarded with CRLF */
-	char *lng = make_line("NOOP ", 65, "\r\n");	  /* one octet too long */
-	char *lng_lf = make_line("NOOP ", 64, "\n");	  /* 65 with CRLF */
+	char *ok = make_line("NOOP ", 64, "\r\n");	   /* exactly line_length */
+	char *ok_lf = make_line("NOOP ", 63, "\n");	   /* 64 once forwarded with CRLF */
+	char *lng = make_line("NOOP ", 65, "\r\n");	   /* one octet too long */
+	char *lng_lf = make_line("NOOP ", 64, "\n");	   /* 65 with CRLF */
 	char *huge = make_line("MAIL FROM:", 500, "\r\n"); /* far too long */
 	const struct step s[] = {B(GREET),
 				 CN(ok, 64),
@@ -636,7 +737,8 @@ static void test_s7_1_max_errors_local_refusals(void **state)
 {
 	struct smtp_machine_config cfg = cfg_tcp();
 	cfg.max_errors = 3;
-	const struct step s[] = {B(GREET), C("XCLIENT A=1\r\nXCLIENT A=2\r\nXCLIENT A=3\r\nNOOP\r\n"),
+	const struct step s[] = {B(GREET),
+				 C("XCLIENT A=1\r\nXCLIENT A=2\r\nXCLIENT A=3\r\nNOOP\r\n"),
 				 B("250 late\r\n"), C("NOOP\r\n"), END};
 	struct run r;
 	play(&cfg, s, &r);
@@ -651,13 +753,21 @@ static void test_s7_1_max_errors_backend_500_504(void **state)
 {
 	struct smtp_machine_config cfg = cfg_tcp();
 	cfg.max_errors = 5;
-	const struct step s[] = {
-	    B(GREET),		  C("FOO\r\n"),	       B("500 5.5.2 unknown\r\n"),
-	    C("MAIL FROM:<x>\r\n"), B("501 5.1.7 bad\r\n"), C("BAR\r\n"),
-	    B("502 5.5.1 no\r\n"),  C("DATA\r\n"),	       B("503 5.5.1 need RCPT\r\n"),
-	    C("RCPT TO:<x>\r\n"),   B("550 5.1.1 unknown user\r\n"), /* not counted */
-	    C("VRFY x\r\n"),	  B("504 5.5.2 no\r\n"), C("NOOP\r\n"),
-	    END};
+	const struct step s[] = {B(GREET),
+				 C("FOO\r\n"),
+				 B("500 5.5.2 unknown\r\n"),
+				 C("MAIL FROM:<x>\r\n"),
+				 B("501 5.1.7 bad\r\n"),
+				 C("BAR\r\n"),
+				 B("502 5.5.1 no\r\n"),
+				 C("DATA\r\n"),
+				 B("503 5.5.1 need RCPT\r\n"),
+				 C("RCPT TO:<x>\r\n"),
+				 B("550 5.1.1 unknown user\r\n"), /* not counted */
+				 C("VRFY x\r\n"),
+				 B("504 5.5.2 no\r\n"),
+				 C("NOOP\r\n"),
+				 END};
 	struct run r;
 	play(&cfg, s, &r);
 	expect_client(&r, GREET "500 5.5.2 unknown\r\n501 5.1.7 bad\r\n502 5.5.1 no\r\n"
@@ -717,16 +827,25 @@ static void test_s7_1_accepted_message_resets_count(void **state)
 static void test_s3_2_http_lines_221_2_7_0_close(void **state)
 {
 	static const char *const lines[] = {
-	    "GET / HTTP/1.1\r\n", "POST /x HTTP/1.1\r\n", "HEAD / HTTP/1.0\r\n",
-	    "PUT /a HTTP/1.1\r\n", "CONNECT a:25 HTTP/1.1\r\n", "OPTIONS * HTTP/1.1\r\n",
-	    "Host: mx.test\r\n", "User-Agent: curl\r\n",
+	    "GET / HTTP/1.1\r\n",
+	    "POST /x HTTP/1.1\r\n",
+	    "HEAD / HTTP/1.0\r\n",
+	    "PUT /a HTTP/1.1\r\n",
+	    "CONNECT a:25 HTTP/1.1\r\n",
+	    "OPTIONS * HTTP/1.1\r\n",
+	    "Host: mx.test\r\n",
+	    "User-Agent: curl\r\n",
 	    /* §7.2: case-insensitive */
-	    "get / HTTP/1.1\r\n", "host: x\r\n", "user-agent: y\r\n", "HOST:x\n",
+	    "get / HTTP/1.1\r\n",
+	    "host: x\r\n",
+	    "user-agent: y\r\n",
+	    "HOST:x\n",
 	};
 	struct smtp_machine_config cfg = cfg_tcp();
 	for (size_t i = 0; i < COUNT(lines); i++) {
-		const struct step s[] = {B(GREET), C("NOOP\r\n"), B("250 ok\r\n"),
-					 CN(lines[i], strlen(lines[i])), C("NOOP\r\n"), END};
+		const struct step s[] = {B(GREET),	  C("NOOP\r\n"),
+					 B("250 ok\r\n"), CN(lines[i], strlen(lines[i])),
+					 C("NOOP\r\n"),	  END};
 		struct run r;
 		play(&cfg, s, &r);
 		expect_client_step(&r, 3, "221 2.7.0*\r\n");
@@ -764,8 +883,12 @@ static void test_s3_2_xclient_xforward_502_never_forwarded(void **state)
 static void test_s3_2_verbs_case_insensitive(void **state)
 {
 	struct smtp_machine_config cfg = cfg_tcp();
-	const struct step s[] = {B(GREET), C("ehlo client.test\r\n"), B(EHLO_REPLY),
-				 C("xClient A=1\r\nqUiT\r\n"), B("221 2.0.0 bye\r\n"), END};
+	const struct step s[] = {B(GREET),
+				 C("ehlo client.test\r\n"),
+				 B(EHLO_REPLY),
+				 C("xClient A=1\r\nqUiT\r\n"),
+				 B("221 2.0.0 bye\r\n"),
+				 END};
 	struct run r;
 	play(&cfg, s, &r);
 	expect_client(&r, GREET "250-backend.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n"
@@ -791,8 +914,14 @@ static void test_s3_2_quit_221_relayed_close_quit(void **state)
 {
 	struct smtp_machine_config cfg = cfg_tcp();
 	/* Nothing the client sends after QUIT's 221 is processed. */
-	const struct step s[] = {B(GREET), C("QUIT\r\nNOOP\r\n"), B("221 2.0.0 Bye\r\n"),
-				 C("NOOP\r\n"), B("250 late\r\n"), BACKEND_CLOSED, TIMEOUT, END};
+	const struct step s[] = {B(GREET),
+				 C("QUIT\r\nNOOP\r\n"),
+				 B("221 2.0.0 Bye\r\n"),
+				 C("NOOP\r\n"),
+				 B("250 late\r\n"),
+				 BACKEND_CLOSED,
+				 TIMEOUT,
+				 END};
 	struct run r;
 	play(&cfg, s, &r);
 	expect_client(&r, GREET "221 2.0.0 Bye\r\n");
@@ -812,11 +941,28 @@ static void test_s3_2_backend_closed_421_4_3_0(void **state)
 	run_free(&r);
 
 	/* Mid-DATA too: no end of data is ever answered by tlsfront. */
-	const struct step d[] = {B(GREET), C(ENVELOPE), B("250 ok\r\n250 ok\r\n354 go\r\n"),
-				 C("body\r\n.\r\n"), BACKEND_CLOSED, END};
+	const struct step d[] = {
+	    B(GREET),		C(ENVELOPE),	B("250 ok\r\n250 ok\r\n354 go\r\n"),
+	    C("body\r\n.\r\n"), BACKEND_CLOSED, END};
 	play(&cfg, d, &r);
 	expect_client(&r, GREET "250 ok\r\n250 ok\r\n354 go\r\n421 4.3.0 *\r\n");
 	expect_close(&r, 4, CLOSE_BACKEND_CLOSED);
+	run_free(&r);
+}
+
+/* A backend's own 421 is passed on and the session closes at once, so the
+ * client never sees a second 421 of tlsfront's after it. */
+static void test_s3_2_backend_421_passed_on_once(void **state)
+{
+	struct smtp_machine_config cfg = cfg_tcp();
+	const struct step s[] = {
+	    B(GREET),	    C("NOOP\r\nNOOP\r\n"), B("421 4.4.2 backend timeout\r\n"),
+	    BACKEND_CLOSED, C("NOOP\r\n"),	   END};
+	struct run r;
+	play(&cfg, s, &r);
+	expect_client(&r, GREET "421 4.4.2 backend timeout\r\n");
+	expect_backend(&r, "NOOP\r\nNOOP\r\n");
+	expect_close(&r, 2, CLOSE_BACKEND_CLOSED);
 	run_free(&r);
 }
 
@@ -846,13 +992,13 @@ static void test_s3_2_shutdown_421(void **state)
 static void test_s3_2_malformed_backend_reply_421(void **state)
 {
 	static const char *const bad[] = {
-	    "hello\r\n", "25\r\n", "250x ok\r\n", "250-a\r\n251 b\r\n", "2a0 x\r\n",
-	    "250 a\rb\r\n", "\r\n", "\n",
+	    "hello\r\n", "25\r\n",	 "250x ok\r\n", "250-a\r\n251 b\r\n",
+	    "2a0 x\r\n", "250 a\rb\r\n", "\r\n",	"\n",
 	};
 	struct smtp_machine_config cfg = cfg_tcp();
 	for (size_t i = 0; i < COUNT(bad); i++) {
-		const struct step s[] = {B(GREET), C("NOOP\r\nNOOP\r\n"), BN(bad[i], strlen(bad[i])),
-					 B("250 ok\r\n"), END};
+		const struct step s[] = {B(GREET), C("NOOP\r\nNOOP\r\n"),
+					 BN(bad[i], strlen(bad[i])), B("250 ok\r\n"), END};
 		struct run r;
 		play(&cfg, s, &r);
 		expect_client(&r, GREET "421 4.3.0 *\r\n");
@@ -947,10 +1093,11 @@ static void test_s3_4_ehlo_auth_kept_when_permitted(void **state)
 	const struct step s[] = {B(GREET), C("EHLO c\r\n"), B(BIG_EHLO), END};
 	struct run r;
 	play(&cfg, s, &r);
-	expect_client_step(&r, 2,
-			   "250-backend.test Hello\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n"
-			   "250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN LOGIN\r\n250-8BITMIME\r\n"
-			   "250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 STARTTLS\r\n");
+	expect_client_step(
+	    &r, 2,
+	    "250-backend.test Hello\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n"
+	    "250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN LOGIN\r\n250-8BITMIME\r\n"
+	    "250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 STARTTLS\r\n");
 	run_free(&r);
 }
 
@@ -985,16 +1132,18 @@ static void test_s3_4_ehlo_after_starttls(void **state)
 	struct smtp_machine_config cfg = cfg_tcp();
 	cfg.tls_auth = false;
 	cfg.tcp_auth = true;
-	const struct step s[] = {B(GREET),   C("EHLO c\r\n"), B(BIG_EHLO),  C("STARTTLS\r\n"),
-				 TLS,	     B("250 2.0.0 Ok\r\n"), C("EHLO c\r\n"), B(BIG_EHLO),
-				 END};
+	const struct step s[] = {
+	    B(GREET), C("EHLO c\r\n"),	     B(BIG_EHLO),     C("STARTTLS\r\n"),
+	    TLS,      B("250 2.0.0 Ok\r\n"), C("EHLO c\r\n"), B(BIG_EHLO),
+	    END};
 	struct run r;
 	play(&cfg, s, &r);
 	/* Before TLS: AUTH (tcp_auth) and STARTTLS. After: neither. */
-	expect_client_step(&r, 2,
-			   "250-backend.test Hello\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n"
-			   "250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN LOGIN\r\n250-8BITMIME\r\n"
-			   "250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 STARTTLS\r\n");
+	expect_client_step(
+	    &r, 2,
+	    "250-backend.test Hello\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n"
+	    "250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN LOGIN\r\n250-8BITMIME\r\n"
+	    "250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 STARTTLS\r\n");
 	expect_client_step(&r, 7, KEPT_EHLO "250 DSN\r\n");
 	run_free(&r);
 }
@@ -1033,11 +1182,12 @@ static void test_s3_4_ehlo_continuation_marks(void **state)
 static void test_s3_4_ehlo_keywords_case_insensitive(void **state)
 {
 	struct smtp_machine_config cfg = cfg_tcp();
-	const struct step s[] = {B(GREET), C("EHLO c\r\n"),
-				 B("250-backend.test\r\n250-starttls\r\n250-auth plain\r\n"
-				   "250-Auth=login\r\n250-Xclient ADDR\r\n250-xforward NAME\r\n"
-				   "250-chunking\r\n250-BinaryMime\r\n250-pipelining\r\n250 size 5\r\n"),
-				 END};
+	const struct step s[] = {
+	    B(GREET), C("EHLO c\r\n"),
+	    B("250-backend.test\r\n250-starttls\r\n250-auth plain\r\n"
+	      "250-Auth=login\r\n250-Xclient ADDR\r\n250-xforward NAME\r\n"
+	      "250-chunking\r\n250-BinaryMime\r\n250-pipelining\r\n250 size 5\r\n"),
+	    END};
 	struct run r;
 	play(&cfg, s, &r);
 	expect_client_step(&r, 2,
@@ -1077,10 +1227,17 @@ static void test_s3_4_helo_reply_unchanged(void **state)
 static void test_s3_5_starttls_never_forwarded_220(void **state)
 {
 	struct smtp_machine_config cfg = cfg_tcp();
-	const struct step s[] = {B(GREET),	   C("EHLO c\r\n"),	B(EHLO_REPLY),
-				 C("STARTTLS\r\n"), TLS,		B("250 2.0.0 Ok\r\n"),
-				 C("EHLO c\r\n"),   B(EHLO_REPLY),	C("QUIT\r\n"),
-				 B("221 bye\r\n"),  END};
+	const struct step s[] = {B(GREET),
+				 C("EHLO c\r\n"),
+				 B(EHLO_REPLY),
+				 C("STARTTLS\r\n"),
+				 TLS,
+				 B("250 2.0.0 Ok\r\n"),
+				 C("EHLO c\r\n"),
+				 B(EHLO_REPLY),
+				 C("QUIT\r\n"),
+				 B("221 bye\r\n"),
+				 END};
 	struct run r;
 	play(&cfg, s, &r);
 	expect_client_step(&r, 3, "220 2.0.0*\r\n");
@@ -1109,8 +1266,9 @@ static void test_s3_5_starttls_220_after_earlier_replies(void **state)
 	play(&cfg, s, &r);
 	expect_backend(&r, "EHLO c\r\nNOOP\r\n");
 	expect_client_step(&r, 1, "");
-	expect_client_step(&r, 2, "250-backend.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n"
-				  "250 STARTTLS\r\n");
+	expect_client_step(&r, 2,
+			   "250-backend.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n"
+			   "250 STARTTLS\r\n");
 	assert_false(r.flags[2] & F_START_TLS);
 	expect_client_step(&r, 3, "250 2.0.0 noop\r\n220 2.0.0*\r\n");
 	assert_true(r.flags[3] & F_START_TLS);
@@ -1138,12 +1296,9 @@ static void test_s3_5_starttls_injection_discarded(void **state)
 
 	/* Pipelined behind a pending command: discarded all the same, also
 	 * what arrives while the 220 waits for that reply. */
-	const struct step p[] = {B(GREET),
-				 C("NOOP\r\nSTARTTLS\r\nRCPT TO:<a@b>\r\n"),
-				 C("DATA\r\n"),
-				 B("250 ok\r\n"),
-				 TLS,
-				 END};
+	const struct step p[] = {B(GREET),	C("NOOP\r\nSTARTTLS\r\nRCPT TO:<a@b>\r\n"),
+				 C("DATA\r\n"), B("250 ok\r\n"),
+				 TLS,		END};
 	play(&cfg, p, &r);
 	expect_backend(&r, "NOOP\r\nRSET\r\n");
 	assert_int_equal(r.discarded[1], strlen("RCPT TO:<a@b>\r\n"));
@@ -1208,7 +1363,8 @@ static void test_s3_5_after_tls_ehlo_required(void **state)
 	    B(EHLO_REPLY),
 	    C("STARTTLS\r\n"),
 	    TLS,
-	    C("MAIL FROM:<a@b>\r\nNOOP\r\nRSET\r\nHELP\r\nRCPT TO:<c@d>\r\nDATA\r\nVRFY x\r\nFOO\r\n"),
+	    C("MAIL FROM:<a@b>\r\nNOOP\r\nRSET\r\nHELP\r\nRCPT TO:<c@d>\r\nDATA\r\nVRFY "
+	      "x\r\nFOO\r\n"),
 	    B("250 2.0.0 rset-internal\r\n250 noop\r\n250 rset\r\n214 help\r\n"),
 	    C("HELO c\r\nMAIL FROM:<a@b>\r\n"),
 	    B("250 backend.test\r\n250 2.1.0 ok\r\n"),
@@ -1218,8 +1374,9 @@ static void test_s3_5_after_tls_ehlo_required(void **state)
 	struct run r;
 	play(&cfg, s, &r);
 	expect_client_step(&r, 5, ""); /* behind the internal RSET */
-	expect_client_step(&r, 6, "503 5.5.1*\r\n250 noop\r\n250 rset\r\n214 help\r\n"
-				  "503 5.5.1*\r\n503 5.5.1*\r\n503 5.5.1*\r\n503 5.5.1*\r\n");
+	expect_client_step(&r, 6,
+			   "503 5.5.1*\r\n250 noop\r\n250 rset\r\n214 help\r\n"
+			   "503 5.5.1*\r\n503 5.5.1*\r\n503 5.5.1*\r\n503 5.5.1*\r\n");
 	expect_client_step(&r, 8, "250 backend.test\r\n250 2.1.0 ok\r\n");
 	expect_backend(&r, "EHLO c\r\nRSET\r\nNOOP\r\nRSET\r\nHELP\r\nHELO c\r\nMAIL FROM:<a@b>\r\n"
 			   "QUIT\r\n");
@@ -1233,25 +1390,27 @@ static void test_s3_5_require_tls_530_5_7_0(void **state)
 	cfg.require_tls = true;
 	cfg.tcp_auth = true;
 	cfg.max_errors = 0; /* unlimited: count the refusals freely */
-	const struct step s[] = {
-	    B(GREET),
-	    C("EHLO c\r\nHELO c\r\nNOOP\r\nRSET\r\nHELP\r\n"),
-	    B(EHLO_REPLY "250 helo\r\n250 noop\r\n250 rset\r\n214 help\r\n"),
-	    C("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nVRFY x\r\nEXPN x\r\nFOO\r\nAUTH PLAIN\r\n"),
-	    C("STARTTLS\r\n"),
-	    TLS,
-	    B("250 rset\r\n"),
-	    C("EHLO c\r\n"),
-	    B(EHLO_REPLY),
-	    C(ENVELOPE),
-	    B("250 ok\r\n250 ok\r\n354 go\r\n"),
-	    END};
+	const struct step s[] = {B(GREET),
+				 C("EHLO c\r\nHELO c\r\nNOOP\r\nRSET\r\nHELP\r\n"),
+				 B(EHLO_REPLY "250 helo\r\n250 noop\r\n250 rset\r\n214 help\r\n"),
+				 C("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nVRFY x\r\nEXPN "
+				   "x\r\nFOO\r\nAUTH PLAIN\r\n"),
+				 C("STARTTLS\r\n"),
+				 TLS,
+				 B("250 rset\r\n"),
+				 C("EHLO c\r\n"),
+				 B(EHLO_REPLY),
+				 C(ENVELOPE),
+				 B("250 ok\r\n250 ok\r\n354 go\r\n"),
+				 END};
 	struct run r;
 	play(&cfg, s, &r);
-	expect_client_step(&r, 3, "530 5.7.0*\r\n530 5.7.0*\r\n530 5.7.0*\r\n530 5.7.0*\r\n"
-				  "530 5.7.0*\r\n530 5.7.0*\r\n530 5.7.0*\r\n");
+	expect_client_step(&r, 3,
+			   "530 5.7.0*\r\n530 5.7.0*\r\n530 5.7.0*\r\n530 5.7.0*\r\n"
+			   "530 5.7.0*\r\n530 5.7.0*\r\n530 5.7.0*\r\n");
 	expect_client_step(&r, 4, "220 2.0.0*\r\n");
-	expect_backend(&r, "EHLO c\r\nHELO c\r\nNOOP\r\nRSET\r\nHELP\r\nRSET\r\nEHLO c\r\n" ENVELOPE);
+	expect_backend(&r,
+		       "EHLO c\r\nHELO c\r\nNOOP\r\nRSET\r\nHELP\r\nRSET\r\nEHLO c\r\n" ENVELOPE);
 	run_free(&r);
 }
 
@@ -1300,7 +1459,8 @@ static void test_s3_6_auth_table_in_session(void **state)
 			}
 			size_t ehlo = n;
 			s[n++] = (struct step)C("EHLO c\r\n");
-			s[n++] = (struct step)B("250-backend.test\r\n250-AUTH PLAIN\r\n250 SIZE 1\r\n");
+			s[n++] =
+			    (struct step)B("250-backend.test\r\n250-AUTH PLAIN\r\n250 SIZE 1\r\n");
 			size_t auth = n;
 			s[n++] = (struct step)C("AUTH PLAIN AGEAYg==\r\n");
 			s[n++] = (struct step)B("235 2.7.0 ok\r\n");
@@ -1309,8 +1469,8 @@ static void test_s3_6_auth_table_in_session(void **state)
 			play(&cfg, s, &r);
 			const char *adv = permitted ? "250-AUTH PLAIN\r\n" : "";
 			char want[256];
-			snprintf(want, sizeof(want), "250-backend.test\r\n%s250%sSIZE 1\r\n%s",
-				 adv, !tls && cfg.starttls ? "-" : " ",
+			snprintf(want, sizeof(want), "250-backend.test\r\n%s250%sSIZE 1\r\n%s", adv,
+				 !tls && cfg.starttls ? "-" : " ",
 				 !tls && cfg.starttls ? "250 STARTTLS\r\n" : "");
 			expect_client_step(&r, ehlo + 1, want);
 			if (permitted) {
@@ -1332,17 +1492,11 @@ static void test_s3_6_auth_continuation_quit_is_sasl(void **state)
 {
 	struct smtp_machine_config cfg = cfg_tcp();
 	cfg.tcp_auth = true;
-	const struct step s[] = {B(GREET),
-				 C("AUTH LOGIN\r\n"),
-				 B("334 VXNlcm5hbWU6\r\n"),
-				 C("QUIT\r\n"),
-				 B("334 UGFzc3dvcmQ6\r\n"),
+	const struct step s[] = {B(GREET), C("AUTH LOGIN\r\n"), B("334 VXNlcm5hbWU6\r\n"),
+				 C("QUIT\r\n"), B("334 UGFzc3dvcmQ6\r\n"),
 				 /* An HTTP-looking or XCLIENT SASL line: data too. */
-				 C("XCLIENT\n"),
-				 B("235 2.7.0 Authentication successful\r\n"),
-				 C("QUIT\r\n"),
-				 B("221 bye\r\n"),
-				 END};
+				 C("XCLIENT\n"), B("235 2.7.0 Authentication successful\r\n"),
+				 C("QUIT\r\n"), B("221 bye\r\n"), END};
 	struct run r;
 	play(&cfg, s, &r);
 	expect_backend(&r, "AUTH LOGIN\r\nQUIT\r\nXCLIENT\r\nQUIT\r\n");
@@ -1357,8 +1511,12 @@ static void test_s3_6_auth_input_held_until_334(void **state)
 {
 	struct smtp_machine_config cfg = cfg_tcp();
 	cfg.tcp_auth = true;
-	const struct step s[] = {B(GREET), C("AUTH LOGIN\r\ndXNlcg==\r\n"), B("334 VXNlcm5hbWU6\r\n"),
-				 B("334 UGFzc3dvcmQ6\r\n"), C("cGFzcw==\r\n"), B("235 2.7.0 ok\r\n"),
+	const struct step s[] = {B(GREET),
+				 C("AUTH LOGIN\r\ndXNlcg==\r\n"),
+				 B("334 VXNlcm5hbWU6\r\n"),
+				 B("334 UGFzc3dvcmQ6\r\n"),
+				 C("cGFzcw==\r\n"),
+				 B("235 2.7.0 ok\r\n"),
 				 END};
 	struct run r;
 	play(&cfg, s, &r);
@@ -1490,7 +1648,8 @@ static void test_s3_7_held_before_354_then_sent(void **state)
 	expect_backend_step(&r, 2, "");
 	expect_backend_step(&r, 3, "");
 	expect_backend_step(&r, 4, "Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n");
-	expect_client(&r, GREET "250 ok\r\n250 ok\r\n354 go ahead\r\n250 2.0.0 queued\r\n221 bye\r\n");
+	expect_client(&r,
+		      GREET "250 ok\r\n250 ok\r\n354 go ahead\r\n250 2.0.0 queued\r\n221 bye\r\n");
 	expect_close(&r, 5, CLOSE_QUIT);
 	assert_int_equal(r.messages, 1);
 	run_free(&r);
@@ -1675,18 +1834,18 @@ static void test_s3_7_reject_mode_max_errors(void **state)
 static void test_s3_7_commands_after_end_of_data(void **state)
 {
 	struct smtp_machine_config cfg = cfg_tcp();
-	const struct step s[] = {
-	    TO_DATA,
-	    C("body\r\n.\r\nMAIL FROM:<e@f>\r\nXCLIENT A=1\r\nRCPT TO:<g@h>\r\nDATA\r\nnext\r\n.\r\n"),
-	    B("250 2.0.0 queued 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
-	    B("250 2.0.0 queued 2\r\n"),
-	    END};
+	const struct step s[] = {TO_DATA,
+				 C("body\r\n.\r\nMAIL FROM:<e@f>\r\nXCLIENT A=1\r\nRCPT "
+				   "TO:<g@h>\r\nDATA\r\nnext\r\n.\r\n"),
+				 B("250 2.0.0 queued 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
+				 B("250 2.0.0 queued 2\r\n"), END};
 	struct run r;
 	play(&cfg, s, &r);
 	expect_backend_step(&r, 3, "body\r\n.\r\nMAIL FROM:<e@f>\r\nRCPT TO:<g@h>\r\nDATA\r\n");
 	expect_client_step(&r, 3, "");
 	expect_backend_step(&r, 4, "next\r\n.\r\n");
-	expect_client_step(&r, 4, "250 2.0.0 queued 1\r\n250 ok\r\n502 5.5.1*\r\n250 ok\r\n354 go\r\n");
+	expect_client_step(&r, 4,
+			   "250 2.0.0 queued 1\r\n250 ok\r\n502 5.5.1*\r\n250 ok\r\n354 go\r\n");
 	expect_client_step(&r, 5, "250 2.0.0 queued 2\r\n");
 	assert_int_equal(r.messages, 2);
 	run_free(&r);
@@ -1880,6 +2039,11 @@ int main(void)
 	    cmocka_unit_test(test_s3_1_greeting_554_relayed),
 	    cmocka_unit_test(test_s3_1_commands_before_greeting_held),
 	    cmocka_unit_test(test_s3_1_backend_unavailable_421_4_3_2),
+	    cmocka_unit_test(test_s3_1_limit_421_4_7_0),
+	    cmocka_unit_test(test_s3_3_xclient_handshake),
+	    cmocka_unit_test(test_s3_3_xclient_not_offered_421_4_3_5),
+	    cmocka_unit_test(test_s3_3_xclient_refused_421_4_3_5),
+	    cmocka_unit_test(test_s3_3_xclient_greeting_554_relayed),
 	    cmocka_unit_test(test_s3_2_pipelining_replies_in_order),
 	    cmocka_unit_test(test_s3_2_pipelining_local_refusal_in_turn),
 	    cmocka_unit_test(test_s3_2_pipelining_fifo_bound),
@@ -1903,6 +2067,7 @@ int main(void)
 	    cmocka_unit_test(test_s3_2_unknown_commands_passed_unchanged),
 	    cmocka_unit_test(test_s3_2_quit_221_relayed_close_quit),
 	    cmocka_unit_test(test_s3_2_backend_closed_421_4_3_0),
+	    cmocka_unit_test(test_s3_2_backend_421_passed_on_once),
 	    cmocka_unit_test(test_s3_2_timeout_421_4_4_2),
 	    cmocka_unit_test(test_s3_2_shutdown_421),
 	    cmocka_unit_test(test_s3_2_malformed_backend_reply_421),

@@ -112,14 +112,26 @@ static void test_s3_2_unknown_commands_pass(void **state)
 static void test_s3_2_http_lines(void **state)
 {
 	static const char *const http[] = {
-	    "GET / HTTP/1.1", "POST /x HTTP/1.1", "HEAD / HTTP/1.0", "PUT /a HTTP/1.1",
-	    "CONNECT mx:25 HTTP/1.1", "OPTIONS * HTTP/1.1", "Host: mx.example.com",
-	    "User-Agent: curl/8", "get / HTTP/1.1", "post /", "host: x", "HOST:x",
-	    "user-agent: y", "USER-AGENT:y", "cOnNeCt x",
+	    "GET / HTTP/1.1",
+	    "POST /x HTTP/1.1",
+	    "HEAD / HTTP/1.0",
+	    "PUT /a HTTP/1.1",
+	    "CONNECT mx:25 HTTP/1.1",
+	    "OPTIONS * HTTP/1.1",
+	    "Host: mx.example.com",
+	    "User-Agent: curl/8",
+	    "get / HTTP/1.1",
+	    "post /",
+	    "host: x",
+	    "HOST:x",
+	    "user-agent: y",
+	    "USER-AGENT:y",
+	    "cOnNeCt x",
 	};
 	static const char *const smtp[] = {
-	    "GETX / HTTP/1.1", "GET", "POSTMASTER", "HELP GET / HTTP", "Hostname: x",
-	    "Host", "User-Agent", "EHLO host:", "MAIL FROM:<get@x>", "", "PUTS x",
+	    "GETX / HTTP/1.1",	 "GET",	 "POSTMASTER", "HELP GET / HTTP",
+	    "Hostname: x",	 "Host", "User-Agent", "EHLO host:",
+	    "MAIL FROM:<get@x>", "",	 "PUTS x",
 	};
 	for (size_t i = 0; i < COUNT(http); i++)
 		if (!smtp_rules_is_http(http[i], strlen(http[i])))
@@ -134,13 +146,25 @@ static void test_s3_2_http_lines(void **state)
 static void test_s3_4_ehlo_keywords(void **state)
 {
 	struct smtp_rules_session s = {.starttls_offered = true, .tcp_auth = true};
-	static const char *const drop[] = {"STARTTLS", "starttls", "StartTls ", "XCLIENT NAME ADDR",
-					   "xclient", "XFORWARD NAME ADDR", "xforward",
-					   "CHUNKING", "chunking", "BINARYMIME", "binarymime"};
-	static const char *const keep[] = {"SIZE 10240000", "size", "PIPELINING", "pipelining",
-					   "8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES",
-					   "ETRN", "AUTH PLAIN LOGIN", "auth=login", "STARTTLSX",
-					   "XCLIENTS", "VRFY", ""};
+	static const char *const drop[] = {"STARTTLS",		"starttls",  "StartTls ",
+					   "XCLIENT NAME ADDR", "xclient",   "XFORWARD NAME ADDR",
+					   "xforward",		"CHUNKING",  "chunking",
+					   "BINARYMIME",	"binarymime"};
+	static const char *const keep[] = {"SIZE 10240000",
+					   "size",
+					   "PIPELINING",
+					   "pipelining",
+					   "8BITMIME",
+					   "SMTPUTF8",
+					   "DSN",
+					   "ENHANCEDSTATUSCODES",
+					   "ETRN",
+					   "AUTH PLAIN LOGIN",
+					   "auth=login",
+					   "STARTTLSX",
+					   "XCLIENTS",
+					   "VRFY",
+					   ""};
 	for (size_t i = 0; i < COUNT(drop); i++)
 		if (kw(&s, drop[i]) != EHLO_DROP)
 			fail_msg("kept: \"%s\"", drop[i]);
@@ -152,7 +176,8 @@ static void test_s3_4_ehlo_keywords(void **state)
 static void test_s3_4_ehlo_add_starttls(void **state)
 {
 	for (unsigned bits = 0; bits < 4; bits++) {
-		struct smtp_rules_session s = {.starttls_offered = bits & 1, .tls_active = bits & 2};
+		struct smtp_rules_session s = {.starttls_offered = bits & 1,
+					       .tls_active = bits & 2};
 		assert_int_equal(smtp_rules_ehlo_add_starttls(&s),
 				 s.starttls_offered && !s.tls_active);
 	}
@@ -181,9 +206,8 @@ static void test_s3_5_starttls_rules(void **state)
 }
 
 static const char *const all_lines[] = {
-    "EHLO x",	     "HELO x",	"MAIL FROM:<a@b>", "RCPT TO:<a@b>", "DATA",	 "RSET",
-    "NOOP",	     "HELP",	"QUIT",		   "VRFY x",	    "EXPN x",	 "AUTH PLAIN",
-    "FOO",	     "ETRN x",
+    "EHLO x", "HELO x", "MAIL FROM:<a@b>", "RCPT TO:<a@b>", "DATA",	  "RSET", "NOOP",
+    "HELP",   "QUIT",	"VRFY x",	   "EXPN x",	    "AUTH PLAIN", "FOO",  "ETRN x",
 };
 
 static bool line_in(const char *line, const char *const *set, size_t n)
@@ -198,8 +222,8 @@ static void test_s3_5_require_tls_table(void **state)
 {
 	static const char *const pass[] = {"EHLO x", "HELO x", "RSET", "NOOP", "HELP", "QUIT"};
 	/* Outside a TLS session: only the listed commands (and STARTTLS). */
-	struct smtp_rules_session s = {.starttls_offered = true, .require_tls = true,
-				       .tcp_auth = true, .tls_auth = true};
+	struct smtp_rules_session s = {
+	    .starttls_offered = true, .require_tls = true, .tcp_auth = true, .tls_auth = true};
 	for (size_t i = 0; i < COUNT(all_lines); i++) {
 		const char *r = check(&s, all_lines[i]);
 		if (line_in(all_lines[i], pass, COUNT(pass)))
@@ -217,8 +241,8 @@ static void test_s3_5_require_tls_table(void **state)
 static void test_s3_5_ehlo_required_after_starttls(void **state)
 {
 	static const char *const pass[] = {"EHLO x", "HELO x", "RSET", "NOOP", "HELP", "QUIT"};
-	struct smtp_rules_session s = {.starttls_offered = true, .tls_active = true,
-				       .needs_ehlo = true, .tls_auth = true};
+	struct smtp_rules_session s = {
+	    .starttls_offered = true, .tls_active = true, .needs_ehlo = true, .tls_auth = true};
 	for (size_t i = 0; i < COUNT(all_lines); i++) {
 		const char *r = check(&s, all_lines[i]);
 		if (line_in(all_lines[i], pass, COUNT(pass)))
@@ -266,7 +290,8 @@ static void test_s3_6_auth_table(void **state)
 			 s.tcp_auth, s.tls_auth, s.starttls_offered, s.tls_active, s.tls_port);
 		if (want == NULL) {
 			if (got || got2)
-				fail_msg("%s: refused (%s), want permitted", what, got ? got : got2);
+				fail_msg("%s: refused (%s), want permitted", what,
+					 got ? got : got2);
 		} else if (!reply_is(got, want) || !reply_is(got2, want)) {
 			fail_msg("%s: got %s, want %s", what, got ? got : "(permitted)", want);
 		}
@@ -285,12 +310,12 @@ static void test_s3_6_auth_table(void **state)
 static void test_s3_6_auth_refusals_are_counted_replies(void **state)
 {
 	/* require_tls comes before the AUTH table (§3.2 order). */
-	struct smtp_rules_session s = {.starttls_offered = true, .require_tls = true,
-				       .tcp_auth = true};
+	struct smtp_rules_session s = {
+	    .starttls_offered = true, .require_tls = true, .tcp_auth = true};
 	assert_true(reply_is(check(&s, "AUTH PLAIN"), "530 5.7.0"));
 	/* The STARTTLS state rule comes before the AUTH table. */
-	struct smtp_rules_session t = {.starttls_offered = true, .tls_active = true,
-				       .needs_ehlo = true, .tls_auth = true};
+	struct smtp_rules_session t = {
+	    .starttls_offered = true, .tls_active = true, .needs_ehlo = true, .tls_auth = true};
 	assert_true(reply_is(check(&t, "AUTH PLAIN"), "503 5.5.1"));
 }
 

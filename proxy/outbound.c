@@ -1,0 +1,851 @@
+/* outbound.c — an outbound session (SPEC §4): the legacy server, the peer,
+ * one timer, outbound_nego then the smtp_machine.
+ *
+ * Every event (a read, a write completion, a connect, the timer) feeds
+ * outbound_nego (until it is done) or the smtp_machine, or the client-mode
+ * TLS glue on the peer leg, and then calls outbound_step(), the one place
+ * that carries out their actions and decides which side to read.
+ * Backpressure as in session.c.
+ *
+ * Never makes an SMTP or TLS policy decision: replies, the retry and the
+ * refusals come from outbound_nego and the machine. Never hands the peer's
+ * plaintext after its 220 to STARTTLS to anyone. Never frees a session
+ * outside the last close callback.
+ */
+#include "proxy/outbound.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include "proxy/conn_limits.h"
+#include "proxy/log.h"
+
+#ifndef SO_ORIGINAL_DST
+#define SO_ORIGINAL_DST 80 /* linux/netfilter_ipv4.h */
+#endif
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80 /* linux/netfilter_ipv6/ip6_tables.h */
+#endif
+
+#define OUTBOUND_MAX_IN_FLIGHT (256 * 1024)
+#define OUTBOUND_LINGER_MS     10000
+
+static atomic_ulong outbound_counter;
+
+struct write_req {
+	uv_write_t req;
+	struct outbound *s;
+	char *data;
+};
+
+static void outbound_step(struct outbound *s);
+static void pump_tls(struct outbound *s);
+static void connect_peer(struct outbound *s);
+
+static uv_stream_t *legacy_stream(struct outbound *s)
+{
+	return (uv_stream_t *)&s->legacy;
+}
+
+static uv_stream_t *peer_stream(struct outbound *s)
+{
+	return (uv_stream_t *)&s->peer[s->cur];
+}
+
+/* ---- closing ----------------------------------------------------------- */
+
+static void free_outbound(struct outbound *s)
+{
+	struct worker *w = s->worker;
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		w->outbounds = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	if (s->admitted)
+		conn_limits_release((struct sockaddr *)&s->legacy_ss);
+	outbound_nego_free(&s->nego);
+	smtp_machine_free(&s->machine);
+	if (s->tls) {
+		tls_io_free(s->tls);
+		free(s->tls);
+	}
+	app_unref(s->app);
+	free(s);
+	worker_session_ended(w);
+}
+
+static void handle_closed_cb(uv_handle_t *h)
+{
+	struct outbound *s = h->data;
+	if (--s->open_handles == 0)
+		free_outbound(s);
+}
+
+static void close_handle(uv_handle_t *h)
+{
+	if (!uv_is_closing(h))
+		uv_close(h, handle_closed_cb);
+}
+
+static void close_peers(struct outbound *s)
+{
+	for (unsigned i = 0; i < 2; i++)
+		if (s->peer_open[i])
+			close_handle((uv_handle_t *)&s->peer[i]);
+}
+
+static void log_summary(struct outbound *s)
+{
+	char sni_value[300];
+	double duration = (double)(uv_now(&s->worker->loop) - s->start_ms) / 1000.0;
+	unsigned messages = s->spliced ? s->machine.messages : 0;
+	log_msg(TF_LOG_INFO,
+		"event=session id=%s listener=outbound client=%s peer=%s tls=%s cipher=%s sni=%s "
+		"user=none verified=%s fallback=%s messages=%u bytes_in=%llu bytes_out=%llu "
+		"duration=%.3f reason=%s",
+		s->id, s->legacy_addr, s->peer_addr, tls_io_version(s->tls), tls_io_cipher(s->tls),
+		log_value(sni_value, sizeof(sni_value), s->sni), s->verified ? "yes" : "no",
+		s->fallback ? "yes" : "no", messages, (unsigned long long)s->bytes_in,
+		(unsigned long long)s->bytes_out, duration, smtp_close_reason_name(s->reason));
+}
+
+static void legacy_shutdown_cb(uv_shutdown_t *req, int status)
+{
+	struct outbound *s = req->data;
+	close_handle((uv_handle_t *)&s->legacy);
+	close_handle((uv_handle_t *)&s->timer);
+}
+
+static void linger_cb(uv_timer_t *t)
+{
+	struct outbound *s = t->data;
+	close_handle((uv_handle_t *)&s->legacy);
+	close_handle((uv_handle_t *)&s->timer);
+}
+
+static void outbound_close(struct outbound *s, enum smtp_close_reason reason)
+{
+	if (s->closing)
+		return;
+	s->closing = true;
+	s->reason = reason;
+	log_summary(s);
+	if (s->resolving)
+		uv_cancel((uv_req_t *)&s->gai);
+	close_peers(s);
+	if (uv_is_closing((uv_handle_t *)&s->legacy)) {
+		close_handle((uv_handle_t *)&s->timer);
+		return;
+	}
+	uv_read_stop(legacy_stream(s));
+	s->shutdown_req.data = s;
+	if (reason == CLOSE_CLIENT_CLOSED ||
+	    uv_shutdown(&s->shutdown_req, legacy_stream(s), legacy_shutdown_cb) != 0) {
+		close_handle((uv_handle_t *)&s->legacy);
+		close_handle((uv_handle_t *)&s->timer);
+		return;
+	}
+	uv_timer_start(&s->timer, linger_cb, OUTBOUND_LINGER_MS, 0);
+}
+
+void outbound_shutdown(struct outbound *s)
+{
+	if (s->closing)
+		return;
+	if (s->spliced)
+		smtp_machine_shutdown(&s->machine);
+	else
+		outbound_nego_shutdown(&s->nego);
+	outbound_step(s);
+}
+
+/* The peer leg is gone (closed, failed, a TLS error). */
+static void peer_lost(struct outbound *s)
+{
+	s->peer_gone = true;
+	close_peers(s);
+	if (s->spliced)
+		smtp_machine_backend_closed(&s->machine);
+	else
+		outbound_nego_peer_closed(&s->nego);
+}
+
+/* ---- writing ----------------------------------------------------------- */
+
+static void write_cb(uv_write_t *req, int status)
+{
+	struct write_req *wr = (struct write_req *)req;
+	struct outbound *s = wr->s;
+	bool to_legacy = req->handle == legacy_stream(s);
+	bool stale = !to_legacy && req->handle != peer_stream(s);
+	free(wr->data);
+	free(wr);
+	if (s->closing)
+		return;
+	if (status < 0 && to_legacy) {
+		outbound_close(s, CLOSE_CLIENT_CLOSED);
+		return;
+	}
+	if (status < 0 && !stale && !s->peer_gone && !s->handshaking)
+		peer_lost(s);
+	outbound_step(s);
+}
+
+/* Takes ownership of data (malloc'd). */
+static void write_to(struct outbound *s, uv_stream_t *st, char *data, size_t len)
+{
+	if (!len) {
+		free(data);
+		return;
+	}
+	struct write_req *wr = malloc(sizeof(*wr));
+	if (!wr) {
+		free(data);
+		outbound_close(s, CLOSE_ERROR);
+		return;
+	}
+	wr->s = s;
+	wr->data = data;
+	uv_buf_t b = uv_buf_init(data, (unsigned)len);
+	if (uv_write(&wr->req, st, &b, 1, write_cb) != 0) {
+		free(data);
+		free(wr);
+		if (st == legacy_stream(s))
+			outbound_close(s, CLOSE_CLIENT_CLOSED);
+		else if (!s->peer_gone)
+			peer_lost(s);
+	}
+}
+
+static void send_legacy(struct outbound *s, char *data, size_t len)
+{
+	s->bytes_out += len;
+	write_to(s, legacy_stream(s), data, len);
+}
+
+static void flush_tls(struct outbound *s)
+{
+	size_t len;
+	char *data = buf_take(&s->tls->out, &len);
+	if (s->peer_gone) {
+		free(data);
+		return;
+	}
+	write_to(s, peer_stream(s), data, len);
+}
+
+/* Plaintext for the peer: through TLS once it runs. */
+static void send_peer(struct outbound *s, char *data, size_t len)
+{
+	if (!len || !s->peer_connected || s->peer_gone) {
+		free(data);
+		return;
+	}
+	if (!s->tls) {
+		write_to(s, peer_stream(s), data, len);
+		return;
+	}
+	if (!s->tls->established) {
+		free(data); /* nothing plaintext may cross a TLS handshake */
+		return;
+	}
+	int rc = tls_io_send(s->tls, data, len);
+	free(data);
+	if (rc != TLSIO_OK) {
+		log_msg(TF_LOG_WARN, "event=tls_error id=%s peer=%s error=\"%s\"", s->id,
+			s->peer_addr, s->tls->error);
+		peer_lost(s);
+		return;
+	}
+	flush_tls(s);
+}
+
+/* ---- timer ------------------------------------------------------------- */
+
+static void tls_failed(struct outbound *s);
+
+static void timer_cb(uv_timer_t *t)
+{
+	struct outbound *s = t->data;
+	if (s->closing)
+		return;
+	if (!s->peer_connected) {
+		log_msg(TF_LOG_WARN, "event=peer_timeout id=%s next_hop=%s", s->id,
+			s->app->cfg.outbound.next_hop);
+		outbound_nego_peer_unavailable(&s->nego);
+	} else if (s->handshaking) {
+		log_msg(TF_LOG_INFO, "event=tls_timeout id=%s peer=%s", s->id, s->peer_addr);
+		tls_failed(s);
+		return;
+	} else if (s->spliced) {
+		smtp_machine_timeout(&s->machine);
+	} else {
+		outbound_nego_timeout(&s->nego);
+	}
+	outbound_step(s);
+}
+
+static void arm_timer(struct outbound *s, unsigned seconds)
+{
+	uv_timer_start(&s->timer, timer_cb, (uint64_t)seconds * 1000, 0);
+}
+
+/* ---- TLS on the peer leg ----------------------------------------------- */
+
+static void tls_failed(struct outbound *s)
+{
+	s->handshaking = false;
+	if (s->spliced) {
+		peer_lost(s);
+	} else {
+		outbound_nego_tls_failed(&s->nego);
+	}
+	outbound_step(s);
+}
+
+static void do_handshake(struct outbound *s)
+{
+	int rc = tls_io_handshake(s->tls);
+	flush_tls(s);
+	if (s->closing || rc == TLSIO_AGAIN)
+		return;
+	if (rc == TLSIO_ERROR) {
+		log_msg(TF_LOG_INFO, "event=tls_error id=%s peer=%s error=\"%s\"", s->id,
+			s->peer_addr, s->tls->error);
+		tls_failed(s);
+		return;
+	}
+	s->handshaking = false;
+	s->verified = s->app->cfg.outbound.tls == TF_OUT_TLS_VERIFY;
+	char sni_value[300];
+	log_msg(TF_LOG_INFO, "event=tls id=%s peer=%s tls=%s cipher=%s sni=%s verified=%s", s->id,
+		s->peer_addr, tls_io_version(s->tls), tls_io_cipher(s->tls),
+		log_value(sni_value, sizeof(sni_value), s->sni), s->verified ? "yes" : "no");
+	arm_timer(s, s->app->cfg.limits.idle_timeout);
+	outbound_nego_tls_established(&s->nego);
+	outbound_step(s);
+	pump_tls(s);
+}
+
+static void begin_tls(struct outbound *s)
+{
+	bool verify = s->app->cfg.outbound.tls == TF_OUT_TLS_VERIFY;
+	const char *name = s->host[0] ? s->host : NULL;
+	s->tls = calloc(1, sizeof(*s->tls));
+	if (!s->tls || tls_io_init_client(s->tls, s->app->creds, name, verify) != TLSIO_OK) {
+		log_msg(TF_LOG_ERROR, "event=tls_error id=%s error=\"cannot start TLS: %s\"", s->id,
+			s->tls ? s->tls->error : "out of memory");
+		if (s->tls) {
+			tls_io_free(s->tls);
+			free(s->tls);
+			s->tls = NULL;
+		}
+		s->handshaking = true;
+		tls_failed(s);
+		return;
+	}
+	unsigned char ip[sizeof(struct in6_addr)];
+	if (name && inet_pton(AF_INET, name, ip) != 1 && inet_pton(AF_INET6, name, ip) != 1)
+		snprintf(s->sni, sizeof(s->sni), "%s", name); /* as creds_client_session */
+	s->handshaking = true;
+	arm_timer(s, s->app->cfg.tls.handshake_timeout);
+	do_handshake(s); /* the ClientHello */
+}
+
+/* ---- reading ----------------------------------------------------------- */
+
+static bool peer_backlogged(struct outbound *s)
+{
+	return s->peer_connected && !s->peer_gone &&
+	       uv_stream_get_write_queue_size(peer_stream(s)) > OUTBOUND_MAX_IN_FLIGHT;
+}
+
+static bool legacy_wanted(struct outbound *s)
+{
+	if (s->closing)
+		return false;
+	if (!s->spliced)
+		return outbound_nego_wants_legacy_input(&s->nego);
+	return smtp_machine_wants_client_input(&s->machine) && !peer_backlogged(s);
+}
+
+static bool peer_wanted(struct outbound *s)
+{
+	return !s->closing && s->peer_connected && !s->peer_gone &&
+	       (s->handshaking ||
+		uv_stream_get_write_queue_size(legacy_stream(s)) <= OUTBOUND_MAX_IN_FLIGHT);
+}
+
+/* Peer plaintext (from the socket, or decrypted): nego first, then the
+ * machine gets what nego leaves once it is done. */
+static void peer_plain(struct outbound *s, const char *p, size_t n)
+{
+	if (!s->spliced) {
+		size_t used = outbound_nego_feed_peer(&s->nego, p, n);
+		outbound_step(s);
+		if (s->closing || !s->spliced || used == n)
+			return;
+		p += used;
+		n -= used;
+	}
+	smtp_machine_feed_backend(&s->machine, p, n);
+	outbound_step(s);
+}
+
+static void pump_tls(struct outbound *s)
+{
+	struct worker *w = s->worker;
+	if (s->pumping)
+		return;
+	s->pumping = true;
+	while (s->tls && s->tls->established && peer_wanted(s)) {
+		ssize_t n = tls_io_recv(s->tls, w->plain_buf, sizeof(w->plain_buf));
+		if (n == TLSIO_AGAIN)
+			break;
+		if (s->tls->renegotiation_refused) {
+			s->tls->renegotiation_refused = false;
+			flush_tls(s);
+		}
+		if (n == TLSIO_EOF || n == TLSIO_ERROR) {
+			if (n == TLSIO_ERROR)
+				log_msg(TF_LOG_INFO, "event=tls_error id=%s peer=%s error=\"%s\"",
+					s->id, s->peer_addr, s->tls->error);
+			peer_lost(s);
+			outbound_step(s);
+			break;
+		}
+		if (n > 0)
+			peer_plain(s, w->plain_buf, (size_t)n);
+	}
+	s->pumping = false;
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+	struct outbound *s = h->data;
+	*b = uv_buf_init(s->worker->read_buf, sizeof(s->worker->read_buf));
+}
+
+static void legacy_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+	struct outbound *s = st->data;
+	if (s->closing || nread == 0)
+		return;
+	if (nread < 0) {
+		outbound_close(s, CLOSE_CLIENT_CLOSED);
+		return;
+	}
+	s->bytes_in += (uint64_t)nread;
+	if (s->spliced)
+		smtp_machine_feed_client(&s->machine, b->base, (size_t)nread);
+	else
+		outbound_nego_feed_legacy(&s->nego, b->base, (size_t)nread);
+	outbound_step(s);
+}
+
+static void peer_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+	struct outbound *s = st->data;
+	if (s->closing || nread == 0 || st != peer_stream(s) || s->peer_gone)
+		return;
+	if (nread < 0) {
+		if (s->handshaking) {
+			log_msg(TF_LOG_INFO, "event=tls_error id=%s peer=%s error=\"%s\"", s->id,
+				s->peer_addr, "connection closed during the handshake");
+			tls_failed(s);
+			return;
+		}
+		peer_lost(s);
+		outbound_step(s);
+		return;
+	}
+	if (!s->tls) {
+		peer_plain(s, b->base, (size_t)nread);
+		return;
+	}
+	if (!tls_io_feed(s->tls, b->base, (size_t)nread)) {
+		outbound_close(s, CLOSE_ERROR);
+		return;
+	}
+	if (s->handshaking)
+		do_handshake(s);
+	else
+		pump_tls(s);
+	outbound_step(s);
+}
+
+static void set_reading(uv_stream_t *st, bool *reading, bool want, uv_read_cb cb)
+{
+	if (want == *reading)
+		return;
+	if (want)
+		uv_read_start(st, alloc_cb, cb);
+	else
+		uv_read_stop(st);
+	*reading = want;
+}
+
+static void update_reads(struct outbound *s)
+{
+	set_reading(legacy_stream(s), &s->legacy_reading, legacy_wanted(s), legacy_read_cb);
+	if (s->peer_connected && !s->peer_gone)
+		set_reading(peer_stream(s), &s->peer_reading, peer_wanted(s), peer_read_cb);
+}
+
+/* ---- the strategy step ------------------------------------------------- */
+
+/* §4.3 negotiated, handshake failed: one fresh plaintext connection. */
+static void reconnect(struct outbound *s)
+{
+	if (s->peer_open[s->cur])
+		close_handle((uv_handle_t *)&s->peer[s->cur]);
+	if (s->tls) {
+		tls_io_free(s->tls);
+		free(s->tls);
+		s->tls = NULL;
+	}
+	snprintf(s->sni, sizeof(s->sni), "none");
+	s->handshaking = false;
+	s->peer_connected = false;
+	s->peer_reading = false;
+	s->fallback = true;
+	s->cur = 1;
+	arm_timer(s, s->app->cfg.outbound.connect_timeout);
+	connect_peer(s);
+}
+
+static void splice_machine(struct outbound *s)
+{
+	s->spliced = true;
+	smtp_machine_skip_greeting(&s->machine);
+	size_t len;
+	char *held = outbound_nego_take_held(&s->nego, &len);
+	if (len)
+		smtp_machine_feed_client(&s->machine, held, len);
+	free(held);
+	arm_timer(s, s->app->cfg.limits.idle_timeout);
+}
+
+static void log_nego(struct outbound *s, const struct nego_actions *a)
+{
+	if (a->discarded)
+		log_msg(TF_LOG_WARN,
+			"event=response_injection id=%s peer=%s discarded=%zu "
+			"note=\"plaintext after the peer's 220 to STARTTLS dropped\"",
+			s->id, s->peer_addr, a->discarded);
+	if (a->note)
+		log_msg(TF_LOG_INFO, "event=%s id=%s peer=%s policy=%s note=\"%s\"",
+			a->event ? a->event : "note", s->id, s->peer_addr,
+			s->app->cfg.outbound.tls == TF_OUT_TLS_NONE	    ? "none"
+			: s->app->cfg.outbound.tls == TF_OUT_TLS_NEGOTIATED ? "negotiated"
+			: s->app->cfg.outbound.tls == TF_OUT_TLS_REQUIRED   ? "required"
+									    : "verify",
+			a->note);
+}
+
+/* Carries out outbound_nego's actions. Returns true when the machine now
+ * runs the session. */
+static bool step_nego(struct outbound *s)
+{
+	struct nego_actions *a = &s->nego.act;
+	size_t len;
+	char *data = buf_take(&a->to_peer, &len);
+	send_peer(s, data, len);
+	data = buf_take(&a->to_legacy, &len);
+	if (len)
+		send_legacy(s, data, len);
+	else
+		free(data);
+	if (s->closing)
+		return false;
+	log_nego(s, a);
+	bool start_tls = a->start_tls, again = a->reconnect, done = a->done;
+	bool close = a->close;
+	enum smtp_close_reason reason = a->reason;
+	outbound_nego_clear_actions(&s->nego);
+	if (close) {
+		outbound_close(s, reason);
+		return false;
+	}
+	if (again)
+		reconnect(s);
+	if (start_tls)
+		begin_tls(s);
+	if (done && !s->closing && !s->spliced)
+		splice_machine(s);
+	return s->spliced && !s->closing;
+}
+
+static void outbound_step(struct outbound *s)
+{
+	if (s->closing)
+		return;
+	if (!s->spliced && !step_nego(s)) {
+		if (!s->closing)
+			update_reads(s);
+		return;
+	}
+	struct smtp_actions *a = &s->machine.act;
+	size_t len;
+	char *data;
+
+	if (a->drop_backend && !s->peer_gone) {
+		s->peer_gone = true;
+		close_peers(s);
+		log_msg(TF_LOG_INFO, "event=peer_dropped id=%s", s->id);
+	}
+	data = buf_take(&a->to_backend, &len);
+	send_peer(s, data, len);
+	data = buf_take(&a->to_client, &len);
+	if (len)
+		send_legacy(s, data, len);
+	else
+		free(data);
+	if (s->closing)
+		return;
+	if (a->note)
+		log_msg(TF_LOG_INFO, "event=note id=%s note=\"%s\"", s->id, a->note);
+	if (s->machine.messages != s->logged_messages) {
+		s->logged_messages = s->machine.messages;
+		log_msg(TF_LOG_INFO, "event=delivered id=%s peer=%s tls=%s message=%u", s->id,
+			s->peer_addr, tls_io_version(s->tls), s->machine.messages);
+	}
+	if (a->progress && !s->handshaking)
+		arm_timer(s, s->app->cfg.limits.idle_timeout);
+	bool close = a->close;
+	enum smtp_close_reason reason = a->reason;
+	smtp_machine_clear_actions(&s->machine);
+	if (close) {
+		outbound_close(s, reason);
+		return;
+	}
+	update_reads(s);
+	if (s->tls && s->tls->established && peer_wanted(s) && tls_io_pending(s->tls))
+		pump_tls(s);
+}
+
+/* ---- start ------------------------------------------------------------- */
+
+static void connect_cb(uv_connect_t *req, int status)
+{
+	struct outbound *s = req->data;
+	if (status == UV_ECANCELED || s->closing || req != &s->connect_req[s->cur])
+		return;
+	if (status < 0) {
+		log_msg(TF_LOG_WARN, "event=peer_unavailable id=%s peer=%s error=\"%s\"", s->id,
+			s->peer_addr, uv_strerror(status));
+		s->peer_gone = true;
+		outbound_nego_peer_unavailable(&s->nego);
+		outbound_step(s);
+		return;
+	}
+	s->peer_connected = true;
+	s->peer_gone = false;
+	uv_tcp_nodelay(&s->peer[s->cur], 1);
+	if (s->cur == 1)
+		outbound_nego_reconnected(&s->nego);
+	arm_timer(s, s->app->cfg.limits.idle_timeout);
+	outbound_step(s);
+}
+
+static void connect_peer(struct outbound *s)
+{
+	unsigned i = s->cur;
+	uv_tcp_init(&s->worker->loop, &s->peer[i]);
+	s->peer[i].data = s;
+	s->peer_open[i] = true;
+	s->open_handles++;
+	s->connect_req[i].data = s;
+	address_format((struct sockaddr *)&s->dest, s->peer_addr, sizeof(s->peer_addr));
+	int rc = uv_tcp_connect(&s->connect_req[i], &s->peer[i], (struct sockaddr *)&s->dest,
+				connect_cb);
+	if (rc != 0) {
+		log_msg(TF_LOG_WARN, "event=peer_unavailable id=%s peer=%s error=\"%s\"", s->id,
+			s->peer_addr, uv_strerror(rc));
+		s->peer_gone = true;
+		outbound_nego_peer_unavailable(&s->nego);
+		outbound_step(s);
+	}
+}
+
+static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	struct outbound *s = req->data;
+	s->resolving = false;
+	bool ok = status == 0 && res && res->ai_addrlen <= sizeof(s->dest);
+	if (ok)
+		memcpy(&s->dest, res->ai_addr, res->ai_addrlen);
+	uv_freeaddrinfo(res);
+	if (!s->closing && !ok) {
+		log_msg(TF_LOG_WARN, "event=peer_unavailable id=%s next_hop=%s error=\"%s\"", s->id,
+			s->app->cfg.outbound.next_hop, status ? uv_strerror(status) : "no address");
+		outbound_nego_peer_unavailable(&s->nego);
+		outbound_step(s);
+	} else if (!s->closing) {
+		connect_peer(s);
+	}
+	/* Counted like a handle so that the session outlives the request. */
+	if (--s->open_handles == 0)
+		free_outbound(s);
+}
+
+/* SPEC §4.1 original-destination: where the legacy server meant to go
+ * before the REDIRECT rule. */
+static bool original_destination(struct outbound *s)
+{
+	uv_os_fd_t fd;
+	if (uv_fileno((uv_handle_t *)&s->legacy, &fd) != 0)
+		return false;
+	socklen_t len = sizeof(s->dest);
+	struct sockaddr_storage local;
+	socklen_t llen = sizeof(local);
+	if (getsockname(fd, (struct sockaddr *)&local, &llen) != 0)
+		return false;
+	int rc = local.ss_family == AF_INET6
+		     ? getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &s->dest, &len)
+		     : getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &s->dest, &len);
+	if (rc != 0) {
+		log_msg(TF_LOG_WARN,
+			"event=peer_unavailable id=%s error=\"no original destination: %s\"", s->id,
+			uv_strerror(uv_translate_sys_error(errno)));
+		return false;
+	}
+	return true;
+}
+
+/* Finds the next hop and connects; the greeting is relayed when it comes. */
+static void start_peer(struct outbound *s)
+{
+	const char *hop = s->app->cfg.outbound.next_hop;
+	arm_timer(s, s->app->cfg.outbound.connect_timeout);
+	if (strcmp(hop, "original-destination") == 0) {
+		if (!original_destination(s)) {
+			outbound_nego_peer_unavailable(&s->nego);
+			outbound_step(s);
+			return;
+		}
+		connect_peer(s);
+		return;
+	}
+	unsigned port;
+	if (config_split_hostport(hop, s->host, sizeof(s->host), &port) < 0) {
+		outbound_nego_peer_unavailable(&s->nego);
+		outbound_step(s);
+		return;
+	}
+	struct sockaddr_in *in = (struct sockaddr_in *)&s->dest;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&s->dest;
+	if (inet_pton(AF_INET, s->host, &in->sin_addr) == 1) {
+		in->sin_family = AF_INET;
+		in->sin_port = htons((uint16_t)port);
+		connect_peer(s);
+		return;
+	}
+	if (inet_pton(AF_INET6, s->host, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)port);
+		connect_peer(s);
+		return;
+	}
+	char service[8];
+	snprintf(service, sizeof(service), "%u", port);
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+	s->gai.data = s;
+	snprintf(s->peer_addr, sizeof(s->peer_addr), "%s", hop);
+	int rc = uv_getaddrinfo(&s->worker->loop, &s->gai, gai_cb, s->host, service, &hints);
+	if (rc != 0) {
+		log_msg(TF_LOG_WARN, "event=peer_unavailable id=%s next_hop=%s error=\"%s\"", s->id,
+			hop, uv_strerror(rc));
+		outbound_nego_peer_unavailable(&s->nego);
+		outbound_step(s);
+		return;
+	}
+	s->resolving = true;
+	s->open_handles++;
+}
+
+static void machine_config(const struct app *app, struct smtp_machine_config *mc)
+{
+	const struct tf_config *cfg = &app->cfg;
+	memset(mc, 0, sizeof(*mc));
+	/* Outbound (§4.2.3): tlsfront owns TLS towards the peer, so the legacy
+	 * server is offered no STARTTLS; AUTH passes to the peer. */
+	mc->tcp_auth = true;
+	mc->tls_auth = true;
+	mc->line_length = cfg->limits.line_length;
+	mc->max_errors = cfg->limits.max_errors;
+	mc->reject_bare = cfg->bare_newlines == TF_BARE_REJECT;
+	mc->server_name = cfg->server_name;
+}
+
+void outbound_accept(struct listener *l)
+{
+	struct worker *w = l->worker;
+	struct outbound *s = calloc(1, sizeof(*s));
+	if (!s) {
+		uv_tcp_t tmp;
+		if (uv_tcp_init(&w->loop, &tmp) == 0) {
+			if (uv_accept((uv_stream_t *)&l->handle, (uv_stream_t *)&tmp) == 0)
+				log_msg(TF_LOG_ERROR, "event=accept error=\"out of memory\"");
+			uv_close((uv_handle_t *)&tmp, NULL);
+		}
+		return;
+	}
+	s->worker = w;
+	s->start_ms = uv_now(&w->loop);
+	snprintf(s->id, sizeof(s->id), "o%lx", atomic_fetch_add(&outbound_counter, 1) + 1);
+	uv_tcp_init(&w->loop, &s->legacy);
+	s->legacy.data = s;
+	s->open_handles++;
+	uv_timer_init(&w->loop, &s->timer);
+	s->timer.data = s;
+	s->open_handles++;
+	s->app = w->app;
+	app_ref(s->app);
+	s->next = w->outbounds;
+	if (w->outbounds)
+		w->outbounds->prev = s;
+	w->outbounds = s;
+	w->n_sessions++;
+	snprintf(s->legacy_addr, sizeof(s->legacy_addr), "unknown");
+	snprintf(s->peer_addr, sizeof(s->peer_addr), "none");
+	snprintf(s->sni, sizeof(s->sni), "none");
+
+	struct nego_config nc = {.policy = s->app->cfg.outbound.tls,
+				 .line_length = s->app->cfg.limits.line_length,
+				 .server_name = s->app->cfg.server_name};
+	outbound_nego_init(&s->nego, &nc);
+	struct smtp_machine_config mc;
+	machine_config(s->app, &mc);
+	smtp_machine_init(&s->machine, &mc);
+
+	if (uv_accept((uv_stream_t *)&l->handle, legacy_stream(s)) != 0) {
+		s->closing = true;
+		close_handle((uv_handle_t *)&s->legacy);
+		close_handle((uv_handle_t *)&s->timer);
+		return;
+	}
+	uv_tcp_nodelay(&s->legacy, 1);
+	int len = sizeof(s->legacy_ss);
+	uv_tcp_getpeername(&s->legacy, (struct sockaddr *)&s->legacy_ss, &len);
+	address_format((struct sockaddr *)&s->legacy_ss, s->legacy_addr, sizeof(s->legacy_addr));
+	log_msg(TF_LOG_DEBUG, "event=connect id=%s listener=outbound client=%s", s->id,
+		s->legacy_addr);
+	s->admitted = conn_limits_admit((struct sockaddr *)&s->legacy_ss);
+	if (!s->admitted) {
+		log_msg(TF_LOG_INFO, "event=limit id=%s client=%s", s->id, s->legacy_addr);
+		outbound_nego_limit(&s->nego);
+		outbound_step(s);
+		return;
+	}
+	start_peer(s);
+	if (!s->closing)
+		update_reads(s);
+}

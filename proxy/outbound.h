@@ -1,0 +1,83 @@
+/* outbound.h — one outbound connection (SPEC §4): the legacy server, the
+ * peer (the next hop), one timer.
+ *
+ * The session owns both endpoints and carries out what outbound_nego (the
+ * start: greeting, EHLO, STARTTLS, the plaintext retry) and then the
+ * smtp_machine (the spliced dialogue) decide; it makes no SMTP or policy
+ * decision itself. One way to die: outbound_close() closes every handle, and
+ * the memory is freed in the last close callback.
+ *
+ * Ownership, member by member:
+ *   legacy, peer[], timer   libuv handles; each counts in open_handles until
+ *                           its close callback runs (a pending getaddrinfo
+ *                           counts too); the last one frees. peer[1] is the
+ *                           plaintext retry of "negotiated".
+ *   nego, machine           owned; freed with the session.
+ *   tls                     owned (NULL until the peer's 220 to STARTTLS).
+ *   app                     one reference to the generation the session
+ *                           started with, dropped when it is freed.
+ */
+#ifndef TLSFRONT_PROXY_OUTBOUND_H
+#define TLSFRONT_PROXY_OUTBOUND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "proxy/smtp/outbound_nego.h"
+#include "proxy/smtp/smtp_machine.h"
+#include "proxy/tls_io.h"
+#include "proxy/worker.h"
+
+struct outbound {
+	struct worker *worker;
+	struct outbound *prev, *next; /* the worker's list */
+	char id[20];
+
+	uv_tcp_t legacy;
+	uv_tcp_t peer[2];
+	unsigned cur; /* the live peer handle */
+	uv_connect_t connect_req[2];
+	uv_getaddrinfo_t gai;
+	uv_shutdown_t shutdown_req;
+	uv_timer_t timer;
+	int open_handles;
+
+	struct outbound_nego nego;
+	struct smtp_machine machine;
+	struct tls_io *tls;
+	struct app *app;
+
+	bool spliced; /* nego done: the smtp_machine runs the dialogue */
+	bool peer_open[2];
+	bool peer_connected;
+	bool peer_gone;
+	bool handshaking;
+	bool closing;
+	bool pumping;
+	bool legacy_reading;
+	bool peer_reading;
+	bool fallback;
+	bool verified;
+	bool admitted;
+	bool resolving; /* gai pending */
+	enum smtp_close_reason reason;
+
+	char legacy_addr[64];
+	char peer_addr[64];
+	char host[256]; /* the next hop's host ("" for original-destination) */
+	char sni[256];	/* the name sent, "none" */
+	struct sockaddr_storage legacy_ss;
+	struct sockaddr_storage dest;
+	uint64_t bytes_in, bytes_out; /* to and from the legacy server (§7.5) */
+	unsigned logged_messages;
+	uint64_t start_ms;
+};
+
+/* Accepts a connection on the outbound listener and starts a session. */
+void outbound_accept(struct listener *l);
+
+/* Shutdown grace period over: 421 4.3.2 and close (SPEC §6). */
+void outbound_shutdown(struct outbound *s);
+
+#endif
