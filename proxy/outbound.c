@@ -406,9 +406,16 @@ static void pump_tls(struct outbound *s)
 		return;
 	s->pumping = true;
 	while (s->tls && s->tls->established && peer_wanted(s)) {
+		size_t before = s->tls->in.len - s->tls->in_off;
 		ssize_t n = tls_io_recv(s->tls, w->plain_buf, sizeof(w->plain_buf));
-		if (n == TLSIO_AGAIN)
+		if (n == TLSIO_AGAIN) {
+			/* A TLS 1.3 session ticket gives AGAIN with records
+			 * still waiting behind it: go on while input shrinks. */
+			size_t after = s->tls->in.len - s->tls->in_off;
+			if (after && after < before)
+				continue;
 			break;
+		}
 		if (s->tls->renegotiation_refused) {
 			s->tls->renegotiation_refused = false;
 			flush_tls(s);
@@ -696,6 +703,19 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 		free_outbound(s);
 }
 
+static bool same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+	if (a->ss_family != b->ss_family)
+		return false;
+	if (a->ss_family == AF_INET) {
+		const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+		return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+	}
+	const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+	return x->sin6_port == y->sin6_port &&
+	       memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+}
+
 /* SPEC §4.1 original-destination: where the legacy server meant to go
  * before the REDIRECT rule. */
 static bool original_destination(struct outbound *s)
@@ -715,6 +735,15 @@ static bool original_destination(struct outbound *s)
 		log_msg(TF_LOG_WARN,
 			"event=peer_unavailable id=%s error=\"no original destination: %s\"", s->id,
 			uv_strerror(uv_translate_sys_error(errno)));
+		return false;
+	}
+	/* Without a REDIRECT, conntrack reports our own listener: connecting
+	 * there would loop. */
+	if (same_address(&s->dest, &local)) {
+		log_msg(TF_LOG_WARN,
+			"event=peer_unavailable id=%s error=\"no original destination: the "
+			"connection was not redirected\"",
+			s->id);
 		return false;
 	}
 	return true;

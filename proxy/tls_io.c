@@ -125,11 +125,15 @@ ssize_t tls_io_recv(struct tls_io *t, char *p, size_t n)
 		if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED)
 			return TLSIO_AGAIN;
 		if (rc == GNUTLS_E_REHANDSHAKE) {
-			/* SPEC §5: renegotiation is refused. The client gets a
-			 * warning alert and the session goes on unchanged. */
+			/* SPEC §5: renegotiation is refused. A GnuTLS server
+			 * can only renegotiate or end the session here (the
+			 * ClientHello stays queued), so the client is told
+			 * why with no_renegotiation and the session ends. */
 			t->renegotiation_refused = true;
 			gnutls_alert_send(t->session, GNUTLS_AL_WARNING, GNUTLS_A_NO_RENEGOTIATION);
-			continue;
+			snprintf(t->error, sizeof(t->error),
+				 "client asked for renegotiation: refused");
+			return TLSIO_ERROR;
 		}
 		if (!gnutls_error_is_fatal((int)rc))
 			continue; /* e.g. a warning alert or a TLS 1.3 key update */

@@ -10,7 +10,6 @@ bounded, only 127.0.0.1 is used, ports come from the kernel, and every
 process is stopped by the fixtures that started it.
 """
 import base64
-import os
 import re
 import smtplib
 import socket
@@ -685,3 +684,72 @@ def test_s3_5_require_tls_on_port_25_warns(tlsfront_factory, auth_backend):
     tfhelpers.wait_until(lambda: other.events("started"), 5)
     assert not [l for l in other.log_text().splitlines()
                 if "level=warn" in l and "require_tls" in l], other.log_text()
+
+
+# ---- §3.4 AUTH keywords, §3.2 / §7.3 AUTH lines -------------------------------------------
+
+def test_s3_4_auth_keyword_forms_removed_and_kept(tlsfront_factory, raw_backend_factory):
+    """Both the AUTH and the old AUTH= keyword (any case) are removed while
+    AUTH is not permitted, the last line's '250 ' mark being fixed; after
+    STARTTLS (tls.name_and_password true) they pass."""
+    backend = raw_backend_factory(ehlo_extra=["auth=PLAIN LOGIN", "AUTH PLAIN LOGIN"])
+    tf = start_front(tlsfront_factory, backend.port)
+    with tf.connect() as c:
+        c.greeting()
+        r = c.ehlo()
+        assert not [l for l in r.lines if "AUTH" in l.upper()], r
+        assert r.lines[-1].startswith("250 ") and all(l.startswith("250-") for l in r.lines[:-1])
+        c.starttls()
+        r = c.ehlo()
+        auth = [l[4:] for l in r.lines if "AUTH" in l.upper()]
+        assert auth == ["auth=PLAIN LOGIN", "AUTH PLAIN LOGIN"], r
+        assert r.lines[-1] == "250 AUTH PLAIN LOGIN", r
+        c.cmd("QUIT")
+
+
+def test_s3_2_auth_lines_up_to_12288_octets(tlsfront_factory, raw_backend):
+    """line_length = 2048, but an AUTH line may hold up to 12288 octets (CRLF
+    included): one of 12288 reaches the backend whole; one of 12289 is
+    tlsfront's 500 5.5.2 and never reaches it; the session goes on."""
+    tf = start_front(tlsfront_factory, raw_backend.port)
+    c, _ = open_session(tf, "starttls")
+    with c:
+        fits = "AUTH PLAIN " + "A" * (12288 - 2 - len("AUTH PLAIN "))
+        c.send(fits.encode() + b"\r\n")
+        c.read_reply()  # the raw backend does not know AUTH: its own 500
+        assert wait_until(lambda: fits in raw_backend.command_texts(), 5), \
+            "the 12288-octet AUTH line did not reach the backend whole"
+        too_long = "AUTH PLAIN " + "B" * (12289 - 2 - len("AUTH PLAIN "))
+        r = c.cmd(too_long)
+        assert (r.code, r.enhanced) == (500, "5.5.2"), r
+        r = c.cmd("NOOP")
+        assert r.code == 250, r
+        assert not [t for t in raw_backend.command_texts() if t.startswith("AUTH PLAIN B")]
+        c.cmd("QUIT")
+
+
+def test_s7_3_auth_continuation_with_nul_cancels_exchange(tlsfront_factory, auth_backend):
+    """A SASL line holding a NUL: 500 5.5.2 to the client, '*' to the backend
+    (whose 501 the client never sees); the next command gets its own reply.
+    A continuation ending in a bare LF is forwarded as a line."""
+    tf = start_front(tlsfront_factory, auth_backend.port)
+    c, _ = open_session(tf, "starttls")
+    with c:
+        assert c.cmd("AUTH LOGIN").code == 334
+        c.send(b"YWxp\x00Y2U=\r\n")
+        r = c.read_reply()
+        assert (r.code, r.enhanced) == (500, "5.5.2"), r
+        r = c.cmd("NOOP")
+        assert r.code == 250, "reply out of order after the cancelled AUTH: %r" % r
+        assert auth_backend.attempt_list() == []
+
+        assert c.cmd("AUTH LOGIN").code == 334
+        c.send(B64_USER.encode() + b"\n")
+        r = c.read_reply()
+        assert r.code == 334, r
+        c.send(B64_PASSWORD.encode() + b"\n")
+        r = c.read_reply()
+        assert r.code == 235, r
+        assert c.cmd("QUIT").code == 221
+    assert auth_backend.attempt_list() == [("LOGIN", b"alice", b"s3cret")]
+    assert summary_of(tf, c.local)["auth"] == "yes"

@@ -711,9 +711,18 @@ def test_s3_3_haproxy_send_proxy_v2_to_postfix(tlsfront_factory, postfix, haprox
 def test_s7_10_proxy_protocol_strict(tlsfront_factory, scripted_factory):
     backend = scripted_factory(ehlo=("PIPELINING",))
     tf = start_front(tlsfront_factory, backend.port, tcp_proxy=True)
+    # Every client socket stays open until the end, so no local port is
+    # reused within the test and client=127.0.0.1:PORT names one session.
+    kept = []
+
+    def client():
+        c = Client(tf.port)
+        kept.append(c)
+        return c
+
     t_start = time.monotonic()
-    silent = Client(tf.port)  # sends nothing: closed after the header timeout
-    partial = Client(tf.port)  # an unfinished header: likewise
+    silent = client()  # sends nothing: closed after the header timeout
+    partial = client()  # an unfinished header: likewise
     partial.send(b"PROXY TCP4 192.0.2.1 ")
     try:
         bad = {
@@ -725,15 +734,12 @@ def test_s7_10_proxy_protocol_strict(tlsfront_factory, scripted_factory):
             "v2 PROXY UNSPEC": pp_v2("0.0.0.0", 0, "0.0.0.0", 0, command=0x1, family=0x00),
             "v2 TCP4 short": PP2_SIG + bytes([0x21, 0x11]) + struct.pack("!H", 4) + bytes(4),
         }
-        results = {}
         clients = {}
         for name, data in bad.items():
-            c = Client(tf.port)
+            c = client()
             c.send(data)
             clients[name] = c
-        for name, c in clients.items():
-            results[name] = closed_silently(c, 5)
-            c.close()
+        results = {name: closed_silently(c, 5) for name, c in clients.items()}
         failures = {n: (r[1], "%.1fs" % r[2]) for n, r in results.items()
                     if not r[0] or r[1] != b""}
         assert not failures, "not closed at once without a reply: %r" % failures
@@ -743,19 +749,19 @@ def test_s7_10_proxy_protocol_strict(tlsfront_factory, scripted_factory):
         assert not backend.conns, "a connection without a valid header reached the backend"
 
         # v2 LOCAL (a balancer's health check): the connection's own address.
-        with Client(tf.port) as c:
-            c.send(pp_v2_local())
-            c.greeting()
-            c.ehlo()
-            assert c.cmd("QUIT").code == 221
+        c = client()
+        c.send(pp_v2_local())
+        c.greeting()
+        c.ehlo()
+        assert c.cmd("QUIT").code == 221
         s = tf.session_of(c.local)
         assert s["reason"] == "quit", s
 
         # v2 LOCAL with addresses (allowed; they are to be ignored).
-        with Client(tf.port) as c:
-            c.send(pp_v2("192.0.2.99", 9999, "192.0.2.1", 25, command=0x0))
-            c.greeting()
-            assert c.cmd("QUIT").code == 221
+        c = client()
+        c.send(pp_v2("192.0.2.99", 9999, "192.0.2.1", 25, command=0x0))
+        c.greeting()
+        assert c.cmd("QUIT").code == 221
         s = tf.session_of(c.local)
         assert s["reason"] == "quit", s
         assert not [e for e in tf.events("session") if e.get("client") == "192.0.2.99:9999"], \
@@ -766,20 +772,20 @@ def test_s7_10_proxy_protocol_strict(tlsfront_factory, scripted_factory):
         tlv = b"\x01" + struct.pack("!H", 4) + b"smtp" + b"\x04" + struct.pack("!H", 2) + b"\0\0"
         hdr = pp_v2("192.0.2.33", 3333, "192.0.2.1", 25)
         hdr = hdr[:14] + struct.pack("!H", 12 + len(tlv)) + hdr[16:] + tlv
-        with Client(tf.port) as c:
-            for i in range(len(hdr)):
-                c.send(hdr[i:i + 1])
-                time.sleep(0.005)
-            c.greeting()
-            assert c.cmd("QUIT").code == 221
+        c = client()
+        for i in range(len(hdr)):
+            c.send(hdr[i:i + 1])
+            time.sleep(0.005)
+        c.greeting()
+        assert c.cmd("QUIT").code == 221
         assert tf.session_of("192.0.2.33:3333")["reason"] == "quit"
 
         # A valid v1 header and the first command in one write.
-        with Client(tf.port) as c:
-            c.send(pp_v1("192.0.2.44", 1234, "192.0.2.25", 25) + b"EHLO joined.test\r\n")
-            c.greeting()
-            assert c.read_reply().code == 250
-            assert c.cmd("QUIT").code == 221
+        c = client()
+        c.send(pp_v1("192.0.2.44", 1234, "192.0.2.25", 25) + b"EHLO joined.test\r\n")
+        c.greeting()
+        assert c.read_reply().code == 250
+        assert c.cmd("QUIT").code == 221
         assert tf.session_of("192.0.2.44:1234")["reason"] == "quit"
 
         # The header timeout (10 s; allowed up to 15 s from the connect).
@@ -794,8 +800,8 @@ def test_s7_10_proxy_protocol_strict(tlsfront_factory, scripted_factory):
             s = tf.session_of(c.local)
             assert s["reason"] in ("timeout", "error"), s
     finally:
-        silent.close()
-        partial.close()
+        for c in kept:
+            c.close()
 
 
 def test_s7_10_proxy_header_before_tls_handshake(tlsfront_factory, scripted_factory):

@@ -3,7 +3,6 @@ gnutls-cli and openssl s_client."""
 import re
 import subprocess
 import threading
-import time
 
 from tfhelpers import run_tool, wait_until
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tfhelpers import Closed, SmtpClient, free_port, send_message
+from tfhelpers import free_port, insecure_context, send_message
 
 
 def assert_reply(r, code, enhanced=None):
@@ -215,3 +215,67 @@ def test_s3_2_backend_closes_mid_session(tlsfront_factory, raw_backend_factory):
         assert_reply(c.cmd("MAIL FROM:<a@b>"), 421, "4.3.0")
         assert c.read_until_closed(5) == b""
     assert tf.session_of(c.local)["reason"] == "backend_closed"
+
+
+@pytest.mark.parametrize("greeting", ["220 raw.backend ESMTP legacy mailer (v1.2)",
+                                      "220-raw.backend first line\r\n220 second line",
+                                      "554 5.3.2 raw.backend no service here"])
+def test_s3_1_backend_greeting_relayed_unchanged(tlsfront_factory, raw_backend_factory,
+                                                  greeting):
+    backend = raw_backend_factory(greeting=greeting)
+    tf = tlsfront_factory(backend.port)
+    with tf.connect() as c:
+        r = c.read_reply()
+        assert r.raw == greeting.encode() + b"\r\n", r
+        assert c.cmd("QUIT").code == 221
+
+
+def test_s3_5_starttls_220_after_earlier_pipelined_replies(tlsfront_factory,
+                                                            raw_backend_factory):
+    backend = raw_backend_factory(reply_delay=0.2)
+    tf = tlsfront_factory(backend.port)
+    with tf.connect() as c:
+        c.greeting()
+        c.send(b"EHLO slow.test\r\nNOOP\r\nsTaRtTlS\r\n")  # verbs: any case (§3.2)
+        r1, r2, r3 = c.read_replies(3)
+        assert r1.code == 250 and "STARTTLS" in r1.keywords(), r1
+        assert r2.text == "250 2.0.0 Ok noop", r2
+        assert r3.code == 220 and r3.enhanced == "2.0.0", r3
+        c.sock = insecure_context().wrap_socket(c.sock)
+        r = c.ehlo()
+        assert "STARTTLS" not in r.keywords()
+        assert c.cmd("QUIT").code == 221
+
+
+def test_s3_7_bytes_before_354_held_and_discarded(tlsfront_factory, aiosmtpd_backend):
+    tf = tlsfront_factory(aiosmtpd_backend.port, max_errors=2)
+    with session_start(tf) as c:
+        assert c.cmd("MAIL FROM:<a@x>").code == 250
+        # No RCPT: aiosmtpd refuses DATA (503). The content sent with it must
+        # never be read as commands.
+        c.send(b"DATA\r\nMAIL FROM:<evil@x>\r\nRCPT TO:<victim@y>\r\n.\r\n")
+        r = c.read_reply()
+        assert r.code == 503, r
+        # 503 is one error; the discarded bytes another: max_errors = 2.
+        r = c.read_reply()
+        assert r.code == 421 and r.enhanced == "4.7.0", r
+        assert c.read_until_closed(5) == b""
+    assert "evil@x" not in aiosmtpd_backend.handler.mail_from
+    assert "victim@y" not in aiosmtpd_backend.handler.rcpt_to
+    assert tf.session_of(c.local)["reason"] == "policy"
+
+
+def test_s3_2_idle_timeout_rearmed_by_data_bytes(tlsfront_factory, aiosmtpd_backend):
+    tf = tlsfront_factory(aiosmtpd_backend.port, idle_timeout=2)
+    with session_start(tf) as c:
+        assert c.cmd("MAIL FROM:<slow@x>").code == 250
+        assert c.cmd("RCPT TO:<r@y>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(b"Subject: slow\r\n\r\n")
+        for _ in range(8):  # 4 s of content, a byte every 0.5 s, no line end
+            c.send(b"x")
+            time.sleep(0.5)
+        c.send(b"\r\n.\r\n")
+        assert c.read_reply().code == 250
+        assert c.cmd("QUIT").code == 221
+    assert aiosmtpd_backend.messages[0]["content"] == b"Subject: slow\r\n\r\nxxxxxxxx\r\n"

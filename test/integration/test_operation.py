@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tfhelpers import (SmtpClient, insecure_context, make_config, run_tool, send_message,
+from tfhelpers import (insecure_context, make_config, run_tool, send_message,
                        tlsfront_bin, wait_until)
 
 SUMMARY_KEYS = ["event", "id", "listener", "client", "tls", "cipher", "sni", "user",
@@ -125,9 +125,10 @@ def test_s2_listen_on_port_zero(tlsfront_factory, aiosmtpd_backend):
 
 # ---- §6 signals --------------------------------------------------------------
 
-def test_s6_sigterm_without_session_exits_0(front):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_s6_sigterm_without_session_exits_0(front, sig):
     t0 = time.monotonic()
-    assert front.stop(timeout=10) == 0
+    assert front.stop(timeout=10, sig=sig) == 0
     assert time.monotonic() - t0 < 3
     log = front.log_text()
     assert "event=stopping" in log and "event=stopped" in log, log

@@ -1,7 +1,6 @@
 """STARTTLS (SPEC §3.4, §3.5) and the TLS layer (§5) with Python clients."""
 import smtplib
 import ssl
-import subprocess
 
 import pytest
 

@@ -237,11 +237,14 @@ class RawBackend:
     broken legacy server would) and goes on reading commands after it.
     close_on=VERB: closes the connection, without a reply, when that verb comes.
     reply_delay: seconds to wait before each reply (to test reply order).
+    greeting: the greeting line(s), without the final CRLF.
     """
 
     MAX_CONNECTIONS = 200
 
-    def __init__(self, close_on=None, reply_delay=0.0, ehlo_extra=()):
+    def __init__(self, close_on=None, reply_delay=0.0, ehlo_extra=(),
+                 greeting="220 raw.backend ESMTP legacy"):
+        self.greeting = greeting
         self.close_on = close_on.upper() if close_on else None
         self.reply_delay = reply_delay
         self.ehlo_extra = list(ehlo_extra)
@@ -292,7 +295,7 @@ class RawBackend:
         buf = b""
         in_data = False
         try:
-            conn.sendall(b"220 raw.backend ESMTP legacy\r\n")
+            conn.sendall(self.greeting.encode("latin-1") + b"\r\n")
             for _ in range(100000):
                 if self.stopping:
                     return
