@@ -15,18 +15,26 @@
 #include <stddef.h>
 
 #define TF_CONFIG_DEFAULT_PATH "/etc/tlsfront/tlsfront.conf"
-#define TF_MAX_LISTEN 16 /* addresses per listener */
-#define TF_MAX_CERTS 16  /* cert/key pairs in tls.certificates */
+#define TF_MAX_LISTEN	       16 /* addresses per listener */
+#define TF_MAX_CERTS	       16 /* cert/key pairs in tls.certificates */
 
 enum tf_log_level { TF_LOG_ERROR = 0, TF_LOG_WARN, TF_LOG_INFO, TF_LOG_DEBUG };
 
 enum tf_bare_newlines { TF_BARE_SANITIZE = 0, TF_BARE_REJECT };
 
-enum tf_client_info { TF_CLIENT_INFO_NONE = 0, TF_CLIENT_INFO_XCLIENT, TF_CLIENT_INFO_PROXY_V1,
-		      TF_CLIENT_INFO_PROXY_V2 };
+enum tf_client_info {
+	TF_CLIENT_INFO_NONE = 0,
+	TF_CLIENT_INFO_XCLIENT,
+	TF_CLIENT_INFO_PROXY_V1,
+	TF_CLIENT_INFO_PROXY_V2
+};
 
-enum tf_outbound_tls { TF_OUT_TLS_NONE = 0, TF_OUT_TLS_NEGOTIATED, TF_OUT_TLS_REQUIRED,
-		       TF_OUT_TLS_VERIFY };
+enum tf_outbound_tls {
+	TF_OUT_TLS_NONE = 0,
+	TF_OUT_TLS_NEGOTIATED,
+	TF_OUT_TLS_REQUIRED,
+	TF_OUT_TLS_VERIFY
+};
 
 struct tf_cert_pair {
 	char *cert; /* PEM file path, owned */
@@ -37,14 +45,14 @@ struct tf_listener_config {
 	bool enabled;
 	char *listen[TF_MAX_LISTEN]; /* "host:port" / "[v6]:port", owned */
 	size_t n_listen;
-	bool starttls;          /* tcp only */
-	bool require_tls;       /* tcp only */
+	bool starttls;		/* tcp only */
+	bool require_tls;	/* tcp only */
 	bool name_and_password; /* AUTH rule, SPEC §3.6 */
 	bool proxy_protocol;
 };
 
 struct tf_config {
-	char *path;        /* the file this came from, owned; NULL for defaults */
+	char *path;	   /* the file this came from, owned; NULL for defaults */
 	char *server_name; /* owned; default gethostname() */
 	unsigned workers;  /* 0 = one per CPU */
 

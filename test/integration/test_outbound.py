@@ -12,6 +12,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -588,13 +589,69 @@ def test_s4_1_original_destination_without_redirect_is_refused(outbound):
     assert ob.summary()[0]["reason"] == "error"
 
 
-def test_s4_1_original_destination_with_redirect(outbound):
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        pytest.skip("needs root and iproute2 for a network namespace")
-    if not (shutil.which("iptables") or shutil.which("iptables-legacy")):
+def test_s4_1_original_destination_with_redirect(pki, tmp_path, tlsfront_bin):
+    """The sidecar recipe: an iptables REDIRECT rule in a network namespace
+    of its own (unshare -n) sends the legacy server's connection to
+    tlsfront, which connects to the original destination."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        pytest.skip("needs root, unshare and iproute2 for a network namespace")
+    ipt = shutil.which("iptables") or shutil.which("iptables-legacy")
+    if not ipt:
         pytest.skip("needs the iptables package (an iptables REDIRECT rule in a "
                     "network namespace); not installed here")
-    pytest.skip("original-destination test not written yet")
+    r = subprocess.run(["unshare", "-n", sys.executable, os.path.abspath(__file__),
+                        "--netns-child", str(tmp_path), pki["dir"], tlsfront_bin, ipt],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    out = r.stdout.decode("utf-8", "replace")
+    assert r.returncode == 0 and "NETNS-OK" in out, out
+
+
+def _netns_child(tmp, pki_dir, binary, ipt):
+    """Runs inside `unshare -n`: loopback only, nothing leaves."""
+    os.environ["TLSFRONT_BIN"] = binary
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=30)
+    pki = {"cert": os.path.join(pki_dir, "peer.pem"), "key": os.path.join(pki_dir, "peer.key")}
+    peer = TlsPeer(pki)
+    out_port, in_port = tfhelpers.free_port(), tfhelpers.free_port()
+    text = f"""server_name = "out.test";
+workers = 1;
+backend = {{ address = "127.0.0.1:{tfhelpers.free_port()}"; }};
+inbound = {{ tcp = {{ listen = [ "127.0.0.1:{in_port}" ]; }}; }};
+outbound = {{ enabled = true; listen = [ "127.0.0.1:{out_port}" ];
+  next_hop = "original-destination"; tls = "negotiated"; }};
+log = {{ level = "debug"; }};
+"""
+    tf = tfhelpers.TlsFront(tmp, text, name="netns")
+    try:
+        if ipt != "--no-redirect":
+            # Only the legacy server's connections (from 127.0.0.2) are
+            # redirected; tlsfront's own, from 127.0.0.1, reach the peer.
+            subprocess.run([ipt, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-s", "127.0.0.2",
+                            "--dport", str(peer.port), "-j", "REDIRECT", "--to-ports",
+                            str(out_port)], check=True, timeout=30)
+            dest = peer.port
+        else:
+            dest = out_port  # the plumbing alone: no original destination
+        with smtplib.SMTP(HOST, dest, timeout=IO_TIMEOUT,
+                          source_address=("127.0.0.2", 0)) as s:
+            if ipt == "--no-redirect":
+                code, _ = s.ehlo("legacy.test")
+                assert code == 421, code
+                print("NETNS-OK")
+                return
+            assert s.ehlo("legacy.test")[0] == 250
+            s.sendmail("a@legacy.test", ["b@peer.test"], MSG)
+            s.quit()
+        assert peer.wait_messages(1)
+        summary = [x for x in tf.wait_event("session") if x.get("listener") == "outbound"][0]
+        assert summary["peer"] == "127.0.0.1:%d" % peer.port, summary
+        assert summary["tls"].startswith("TLS1."), summary
+        print("NETNS-OK")
+    finally:
+        tf.stop(timeout=10)
+        tf.kill()
+        peer.stop()
+        print(tf.log_text())
 
 
 # ---- a real Postfix as the legacy server ------------------------------------------------
@@ -628,3 +685,7 @@ def test_s4_postfix_relays_through_tlsfront_with_starttls(outbound, peers, tmp_p
     assert s["tls"].startswith("TLS1.") and s["verified"] == "yes", s
     # Postfix may keep the connection in its cache until it stops.
     assert s["messages"] == "1" and s["reason"] in ("quit", "client_closed"), s
+
+
+if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--netns-child":
+    _netns_child(*sys.argv[2:])
