@@ -28,7 +28,7 @@ struct creds {
 	gnutls_certificate_credentials_t cert;
 	gnutls_priority_t priority;
 	gnutls_datum_t ticket_key; /* secret: wiped before it is freed */
-	bool has_trust;            /* ca_file loaded: client sessions may verify */
+	bool has_trust;		   /* ca_file loaded: client sessions may verify */
 };
 
 static const gnutls_datum_t alpn_smtp = {(unsigned char *)"smtp", 4};
@@ -346,8 +346,7 @@ int creds_client_session(struct creds *c, const char *server_name, bool verify,
 	if ((rc = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, c->cert)) < 0)
 		goto fail;
 	if (server_name && !is_address(server_name) &&
-	    (rc = gnutls_server_name_set(s, GNUTLS_NAME_DNS, server_name,
-							 strlen(server_name))) < 0)
+	    (rc = gnutls_server_name_set(s, GNUTLS_NAME_DNS, server_name, strlen(server_name))) < 0)
 		goto fail;
 	/* The handshake fails unless the chain and the name check out. */
 	if (verify)

@@ -23,9 +23,9 @@ struct creds_pair {
 
 struct creds_params {
 	const struct creds_pair *pairs; /* may be NULL when n_pairs == 0 */
-	size_t n_pairs;                 /* 0: make a self-signed certificate */
-	const char *server_name;        /* CN and DNS SAN of the self-signed one */
-	const char *priority;           /* GnuTLS priority string */
+	size_t n_pairs;			/* 0: make a self-signed certificate */
+	const char *server_name;	/* CN and DNS SAN of the self-signed one */
+	const char *priority;		/* GnuTLS priority string */
 };
 
 struct creds; /* opaque */

@@ -353,7 +353,7 @@ int config_split_hostport(const char *text, char *host, size_t hostlen, unsigned
 			return -1;
 		value = value * 10 + (unsigned long)(p[i] - '0');
 	}
-	if (value == 0 || value > 65535)
+	if (value > 65535)
 		return -1;
 	if (host != NULL) {
 		if (hlen + 1 > hostlen)
@@ -366,11 +366,13 @@ int config_split_hostport(const char *text, char *host, size_t hostlen, unsigned
 	return 0;
 }
 
-static bool is_hostport(const char *text)
+/* Port 0 means "any free port": only a listen address may ask for that. */
+static bool is_hostport(const char *text, bool port_zero_ok)
 {
 	char host[HOST_MAX];
 	unsigned port;
-	return config_split_hostport(text, host, sizeof(host), &port) == 0;
+	return config_split_hostport(text, host, sizeof(host), &port) == 0 &&
+	       (port != 0 || port_zero_ok);
 }
 
 /* ---- string checks ----------------------------------------------------- */
@@ -411,14 +413,14 @@ static const char *check_backend_address(const char *text)
 			return "\"unix:/path\" with an absolute path of at most 107 bytes";
 		return NULL;
 	}
-	if (!is_hostport(text))
+	if (!is_hostport(text, false))
 		return "\"host:port\", \"[v6]:port\" or \"unix:/path\" (port 1 to 65535)";
 	return NULL;
 }
 
 static const char *check_next_hop(const char *text)
 {
-	if (strcmp(text, "original-destination") == 0 || is_hostport(text))
+	if (strcmp(text, "original-destination") == 0 || is_hostport(text, false))
 		return NULL;
 	return "\"host:port\", \"[v6]:port\" (port 1 to 65535) or \"original-destination\"";
 }
@@ -515,7 +517,8 @@ static int read_string(struct loader *ld, const struct leaf *lf, const config_se
 
 static int read_listen(struct loader *ld, const struct leaf *lf, const config_setting_t *s)
 {
-	static const char want[] = "\"host:port\" or \"[v6]:port\" (port 1 to 65535)";
+	static const char want[] =
+	    "\"host:port\" or \"[v6]:port\" (port 0 to 65535, 0 = any free port)";
 	int type = config_setting_type(s);
 	if (type != CONFIG_TYPE_ARRAY && type != CONFIG_TYPE_LIST)
 		return fail_at(ld, s, "%s: expected an array of %s, not %s", lf->path, want,
@@ -538,7 +541,7 @@ static int read_listen(struct loader *ld, const struct leaf *lf, const config_se
 			return fail_at(ld, e, "%s[%d]: expected %s, not %s", lf->path, i, want,
 				       type_name(e));
 		const char *text = config_setting_get_string(e);
-		if (!is_hostport(text)) {
+		if (!is_hostport(text, true)) {
 			char buf[64];
 			return fail_at(ld, e, "%s[%d]: expected %s, got \"%s\"", lf->path, i, want,
 				       shown(text, buf, sizeof(buf)));

@@ -112,7 +112,7 @@ int config_load(const char *path, struct tf_config *cfg, char *err, size_t errle
 void config_free(struct tf_config *cfg);
 
 /* Splits "host:port", "[v6]:port" into host (brackets removed) and port.
- * Returns 0, or -1 when the text is not of that form or port is not 1-65535. */
+ * Returns 0, or -1 when the text is not of that form or port is above 65535. */
 int config_split_hostport(const char *text, char *host, size_t hostlen, unsigned *port);
 
 const char *config_log_level_name(enum tf_log_level level);

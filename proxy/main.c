@@ -94,7 +94,7 @@ static int add_listeners(struct runtime *rt, const struct tf_listener_config *lc
 		char text[80];
 		address_format((struct sockaddr *)&b->addr.ss, text, sizeof(text));
 		log_msg(TF_LOG_INFO, "event=listening listener=%s address=%s workers=%u",
-			kind == LISTENER_TLS	   ? "tls"
+			kind == LISTENER_TLS	    ? "tls"
 			: kind == LISTENER_OUTBOUND ? "outbound"
 						    : "tcp",
 			text, rt->n_workers);
@@ -179,6 +179,11 @@ static void signal_cb(uv_signal_t *h, int signum)
 	uv_close((uv_handle_t *)&rt->sig_term, NULL);
 	uv_close((uv_handle_t *)&rt->sig_int, NULL);
 	uv_close((uv_handle_t *)&rt->sig_hup, NULL);
+	/* Closing a uv_signal restores the default action: a second TERM or
+	 * INT would kill the process and the sessions still draining. */
+	signal(SIGTERM, SIG_IGN);
+	signal(SIGINT, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
 }
 
 static unsigned worker_count(const struct tf_config *cfg)

@@ -23,6 +23,7 @@
 #include <netinet/in.h>
 
 #include "proxy/conn_limits.h"
+#include "policy/outbound_policy.h"
 #include "proxy/log.h"
 
 #ifndef SO_ORIGINAL_DST
@@ -323,7 +324,7 @@ static void do_handshake(struct outbound *s)
 		return;
 	}
 	s->handshaking = false;
-	s->verified = s->app->cfg.outbound.tls == TF_OUT_TLS_VERIFY;
+	s->verified = outbound_policy_verifies(s->app->cfg.outbound.tls);
 	char sni_value[300];
 	log_msg(TF_LOG_INFO, "event=tls id=%s peer=%s tls=%s cipher=%s sni=%s verified=%s", s->id,
 		s->peer_addr, tls_io_version(s->tls), tls_io_cipher(s->tls),
@@ -336,7 +337,7 @@ static void do_handshake(struct outbound *s)
 
 static void begin_tls(struct outbound *s)
 {
-	bool verify = s->app->cfg.outbound.tls == TF_OUT_TLS_VERIFY;
+	bool verify = outbound_policy_verifies(s->app->cfg.outbound.tls);
 	const char *name = s->host[0] ? s->host : NULL;
 	s->tls = calloc(1, sizeof(*s->tls));
 	if (!s->tls || tls_io_init_client(s->tls, s->app->creds, name, verify) != TLSIO_OK) {
@@ -406,16 +407,9 @@ static void pump_tls(struct outbound *s)
 		return;
 	s->pumping = true;
 	while (s->tls && s->tls->established && peer_wanted(s)) {
-		size_t before = s->tls->in.len - s->tls->in_off;
 		ssize_t n = tls_io_recv(s->tls, w->plain_buf, sizeof(w->plain_buf));
-		if (n == TLSIO_AGAIN) {
-			/* A TLS 1.3 session ticket gives AGAIN with records
-			 * still waiting behind it: go on while input shrinks. */
-			size_t after = s->tls->in.len - s->tls->in_off;
-			if (after && after < before)
-				continue;
+		if (n == TLSIO_AGAIN)
 			break;
-		}
 		if (s->tls->renegotiation_refused) {
 			s->tls->renegotiation_refused = false;
 			flush_tls(s);
@@ -522,6 +516,7 @@ static void reconnect(struct outbound *s)
 	s->handshaking = false;
 	s->peer_connected = false;
 	s->peer_reading = false;
+	s->verified = false;
 	s->fallback = true;
 	s->cur = 1;
 	arm_timer(s, s->app->cfg.outbound.connect_timeout);

@@ -117,13 +117,22 @@ int tls_io_handshake(struct tls_io *t)
 ssize_t tls_io_recv(struct tls_io *t, char *p, size_t n)
 {
 	for (;;) {
+		size_t before = t->in.len - t->in_off;
 		ssize_t rc = gnutls_record_recv(t->session, p, n);
 		if (rc > 0)
 			return rc;
 		if (rc == 0)
 			return TLSIO_EOF;
-		if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED)
+		if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED) {
+			/* A record that carried no data (a TLS 1.3 session
+			 * ticket, a key update) also ends in AGAIN, with more
+			 * records waiting behind it: they get no socket event,
+			 * so go on while the input shrinks. */
+			size_t after = t->in.len - t->in_off;
+			if (after && after < before)
+				continue;
 			return TLSIO_AGAIN;
+		}
 		if (rc == GNUTLS_E_REHANDSHAKE) {
 			/* SPEC §5: renegotiation is refused. A GnuTLS server
 			 * can only renegotiate or end the session here (the

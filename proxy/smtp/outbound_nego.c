@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "policy/outbound_policy.h"
 #include "policy/smtp_rules.h"
 #include "proxy/smtp/ehlo_rewrite.h"
 
@@ -126,12 +127,19 @@ static void refuse(struct outbound_nego *n, const char *note, enum smtp_close_re
 
 static bool tls_wanted(const struct outbound_nego *n)
 {
-	return n->cfg.policy != TF_OUT_TLS_NONE;
+	return outbound_policy_wants_tls(n->cfg.policy);
 }
 
-static bool tls_mandatory(const struct outbound_nego *n)
+/* No STARTTLS (not offered, EHLO or STARTTLS refused): true when the
+ * policy refuses the peer; else the session goes on in plaintext. */
+static bool refuses_plaintext(const struct outbound_nego *n)
 {
-	return n->cfg.policy == TF_OUT_TLS_REQUIRED || n->cfg.policy == TF_OUT_TLS_VERIFY;
+	return outbound_policy_no_starttls(n->cfg.policy) == OUT_REFUSE;
+}
+
+static bool logs_plaintext(const struct outbound_nego *n)
+{
+	return outbound_policy_no_starttls(n->cfg.policy) == OUT_PLAINTEXT_LOGGED;
 }
 
 /* ---- the legacy server's first command --------------------------------- */
@@ -280,7 +288,7 @@ static void finish(struct outbound_nego *n, int code, const char *text, size_t l
 static void on_ehlo(struct outbound_nego *n, int code, const char *text, size_t len)
 {
 	if (code != 250) {
-		if (tls_mandatory(n)) {
+		if (refuses_plaintext(n)) {
 			refuse(n, "peer refused EHLO: no STARTTLS", CLOSE_POLICY);
 			return;
 		}
@@ -303,11 +311,11 @@ static void on_ehlo(struct outbound_nego *n, int code, const char *text, size_t 
 		n->state = NEGO_STARTTLS;
 		return;
 	}
-	if (tls_mandatory(n)) {
+	if (refuses_plaintext(n)) {
 		refuse(n, "peer offers no STARTTLS", CLOSE_POLICY);
 		return;
 	}
-	if (tls_wanted(n)) {
+	if (logs_plaintext(n)) {
 		n->act.event = "outbound_no_starttls";
 		n->act.note = "peer offers no STARTTLS: plaintext";
 	}
@@ -321,7 +329,7 @@ static void on_starttls(struct outbound_nego *n, int code)
 		n->act.start_tls = true;
 		return;
 	}
-	if (tls_mandatory(n)) {
+	if (refuses_plaintext(n)) {
 		refuse(n, "peer refused STARTTLS", CLOSE_POLICY);
 		return;
 	}
@@ -421,9 +429,9 @@ void outbound_nego_tls_established(struct outbound_nego *n)
 
 void outbound_nego_tls_failed(struct outbound_nego *n)
 {
-	if (n->state != NEGO_HANDSHAKE)
+	if (n->state != NEGO_HANDSHAKE && n->state != NEGO_TLS_EHLO)
 		return;
-	if (tls_mandatory(n)) {
+	if (outbound_policy_handshake_failed(n->cfg.policy) != OUT_RETRY_PLAINTEXT) {
 		refuse(n, "TLS handshake with peer failed", CLOSE_TLS_ERROR);
 		return;
 	}
@@ -451,7 +459,10 @@ void outbound_nego_peer_unavailable(struct outbound_nego *n)
 
 void outbound_nego_peer_closed(struct outbound_nego *n)
 {
-	if (n->state == NEGO_HANDSHAKE) {
+	/* With TLS 1.3 a peer that refuses our certificate (or none) says so
+	 * only after our side of the handshake is complete: a close before
+	 * the first reply inside TLS is a failed handshake too. */
+	if (n->state == NEGO_HANDSHAKE || n->state == NEGO_TLS_EHLO) {
 		outbound_nego_tls_failed(n);
 		return;
 	}

@@ -87,8 +87,9 @@ bool outbound_nego_wants_legacy_input(const struct outbound_nego *n);
  * the rest belong to the smtp_machine (feed them to its backend side). */
 size_t outbound_nego_feed_peer(struct outbound_nego *n, const char *p, size_t n_bytes);
 
-/* The client TLS handshake on the peer leg completed or failed (a timeout
- * and a peer closing during it count as a failure). */
+/* The client TLS handshake on the peer leg completed or failed (a timeout,
+ * and a peer closing during it or before its first reply inside TLS, count
+ * as a failure). */
 void outbound_nego_tls_established(struct outbound_nego *n);
 void outbound_nego_tls_failed(struct outbound_nego *n);
 /* The fresh plaintext connection of a retry is up. */

@@ -216,7 +216,7 @@ class PostfixBackend:
         for name, owner, group, mode in QUEUE_DIRS:
             path = os.path.join(queue, name)
             os.mkdir(path)
-            os.chown(path, ids[owner], ids[group] if group != "root" else 0)
+            os.chown(path, ids[owner], ids[group])
             os.chmod(path, mode)
         data = os.path.join(self.dir, "data")
         os.mkdir(data)

@@ -348,11 +348,18 @@ frontend submissions_in
     bind 127.0.0.1:{submissions_port}
     default_backend tlsfront_tls
 
+frontend smtp_v1_in
+    bind 127.0.0.1:{smtp_v1_port}
+    default_backend tlsfront_tcp_v1
+
 backend tlsfront_tcp
     server tlsfront 127.0.0.1:{tlsfront_tcp} send-proxy-v2
 
 backend tlsfront_tls
     server tlsfront 127.0.0.1:{tlsfront_tls} send-proxy-v2
+
+backend tlsfront_tcp_v1
+    server tlsfront 127.0.0.1:{tlsfront_tcp} send-proxy
 """
 
 
@@ -362,12 +369,16 @@ class Haproxy:
     def __init__(self, directory, tlsfront_tcp, tlsfront_tls):
         self.cfg_path = os.path.join(directory, "haproxy.cfg")
         self.log_path = os.path.join(directory, "haproxy.log")
-        self.smtp_port = tfhelpers.free_port()
-        self.submissions_port = tfhelpers.free_port()
-        while self.submissions_port == self.smtp_port:
-            self.submissions_port = tfhelpers.free_port()
+        ports = set()
+        for _ in range(20):
+            ports.add(tfhelpers.free_port())
+            if len(ports) == 3:
+                break
+        self.smtp_port, self.submissions_port, self.smtp_v1_port = sorted(ports)
+        self.ports = sorted(ports)
         self.cfg = HAPROXY_CFG.format(smtp_port=self.smtp_port,
                                       submissions_port=self.submissions_port,
+                                      smtp_v1_port=self.smtp_v1_port,
                                       tlsfront_tcp=tlsfront_tcp, tlsfront_tls=tlsfront_tls)
         with open(self.cfg_path, "w") as f:
             f.write(self.cfg)
@@ -375,9 +386,8 @@ class Haproxy:
         self.proc = subprocess.Popen([HAPROXY, "-db", "-f", self.cfg_path],
                                      stdin=subprocess.DEVNULL, stdout=self.log_file,
                                      stderr=self.log_file)
-        ok = wait_until(lambda: self.proc.poll() is not None or (
-            postfix_backend.is_listening(self.smtp_port)
-            and postfix_backend.is_listening(self.submissions_port)), 10.0)
+        ok = wait_until(lambda: self.proc.poll() is not None or all(
+            postfix_backend.is_listening(p) for p in self.ports), 10.0)
         if not ok or self.proc.poll() is not None:
             self.stop()
             raise AssertionError("haproxy did not start:\n" + self.log_text())
@@ -547,6 +557,44 @@ def test_s3_3_xclient_command_and_new_greeting(tlsfront_factory, scripted_factor
                           "XCLIENT ADDR=IPV6:2001:db8::7 PORT=5000 NAME=[UNAVAILABLE]"], second
 
 
+def test_s3_3_xclient_ipv6_client(tlsfront_factory, scripted_factory):
+    """A client on ::1 is ADDR=IPV6:::1 (Postfix's form)."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no ::1")
+    backend = scripted_factory()
+    v4, v6 = tfhelpers.free_port(), tfhelpers.free_port()
+    config = identity_config(backend.port, v4, tfhelpers.free_port(),
+                             client_info="xclient").replace(
+        '"127.0.0.1:%d" ]' % v4, '"127.0.0.1:%d", "[::1]:%d" ]' % (v4, v6))
+    tf = tlsfront_factory(config_text=config)
+    found = wait_until(lambda: [e for e in tf.events("listening")
+                                if e.get("address") == "[::1]:%d" % v6], 5)
+    assert found, tf.log_text()
+    sock = socket.create_connection(("::1", v6), timeout=IO_TIMEOUT)
+    try:
+        c = Client.__new__(Client)
+        c.sock, c.buf, c.sent, c.received = sock, b"", 0, 0
+        assert "second.greeting" in c.greeting().text
+        assert c.cmd("QUIT").code == 221
+        port = sock.getsockname()[1]
+    finally:
+        sock.close()
+    # §7.5: bytes_in/bytes_out are the client's own bytes, not tlsfront's
+    # EHLO/XCLIENT dialogue with the backend.
+    summary = tf.session_of("[::1]:%d" % port)
+    assert (summary["bytes_in"], summary["bytes_out"]) == (str(c.sent), str(c.received)), \
+        (summary, c.sent, c.received)
+    [rec] = backend.wait_conns(1)
+    assert rec["commands"][:2] == [
+        "EHLO mx.test", "XCLIENT ADDR=IPV6:::1 PORT=%d NAME=[UNAVAILABLE]" % port], rec
+    assert tf.session_of("[::1]:%d" % port)["reason"] == "quit"
+
+
 def test_s3_1_s3_3_xclient_554_greeting_relayed(tlsfront_factory, scripted_factory):
     """A backend that greets 554 gets no XCLIENT: the 554 goes to the client
     unchanged (§3.1 step 4)."""
@@ -698,6 +746,19 @@ def test_s3_3_haproxy_send_proxy_v2_to_postfix(tlsfront_factory, postfix, haprox
     assert summary["messages"] == "1", summary
     assert postfix_client_of(postfix, queue_id_of(resp)) == "unknown[127.0.0.4]", \
         postfix.log_text()
+
+    # TCP port through HAProxy's PROXY v1 (send-proxy): no TLS this time.
+    with smtplib.SMTP(HOST, hap.smtp_v1_port, local_hostname="client.test",
+                      timeout=IO_TIMEOUT, source_address=("127.0.0.5", 0)) as s:
+        client = "%s:%d" % s.sock.getsockname()[:2]
+        s.ehlo()
+        resp = smtplib_send(s)
+        s.quit()
+    summary = tf.session_of(client)
+    assert summary["tls"] == "none" and summary["messages"] == "1", summary
+    assert postfix_client_of(postfix, queue_id_of(resp)) == "unknown[127.0.0.5]", \
+        postfix.log_text()
+
     assert "improper command pipelining" not in postfix.log_text(), postfix.log_text()
     # HAProxy's own address never passed for a client.
     assert not any(s.get("client", "").startswith("127.0.0.1:")
@@ -733,6 +794,10 @@ def test_s7_10_proxy_protocol_strict(tlsfront_factory, scripted_factory):
             "v2 bad version": PP2_SIG + bytes([0x11, 0x11]) + struct.pack("!H", 12) + bytes(12),
             "v2 PROXY UNSPEC": pp_v2("0.0.0.0", 0, "0.0.0.0", 0, command=0x1, family=0x00),
             "v2 TCP4 short": PP2_SIG + bytes([0x21, 0x11]) + struct.pack("!H", 4) + bytes(4),
+            "v1 too long": b"PROXY TCP4 " + b"1" * 120 + b"\r\n",
+            "v1 port range": b"PROXY TCP4 192.0.2.1 127.0.0.1 70000 25\r\n",
+            "v1 TCP4 with v6": b"PROXY TCP4 2001:db8::1 2001:db8::2 5000 25\r\n",
+            "v1 lower case": b"proxy TCP4 192.0.2.1 127.0.0.1 5000 25\r\n",
         }
         clients = {}
         for name, data in bad.items():
@@ -756,6 +821,13 @@ def test_s7_10_proxy_protocol_strict(tlsfront_factory, scripted_factory):
         assert c.cmd("QUIT").code == 221
         s = tf.session_of(c.local)
         assert s["reason"] == "quit", s
+
+        # v1 UNKNOWN (the PROXY spec: use the connection's own addresses).
+        c = client()
+        c.send(b"PROXY UNKNOWN\r\n")
+        c.greeting()
+        assert c.cmd("QUIT").code == 221
+        assert tf.session_of(c.local)["reason"] == "quit"
 
         # v2 LOCAL with addresses (allowed; they are to be ignored).
         c = client()
@@ -900,6 +972,7 @@ def expect_limit(c):
     assert r.code == 421 and r.enhanced == "4.7.0", r
     closed, rest, _ = closed_silently(c, 5)
     assert closed and rest == b"", rest
+    return r
 
 
 def admitted_again(port, source, tries=50):
@@ -927,14 +1000,18 @@ def test_s3_1_limits_per_ip(tlsfront_factory, raw_backend):
             c.greeting()
             held.append(c)
         with Client(tf.port) as third:
-            expect_limit(third)
+            r = expect_limit(third)
         s = tf.session_of(third.local)
         assert s["reason"] == "limit", s
+        # §6: the refused session has its summary line, §7.5 byte counts.
+        assert (s["bytes_in"], s["bytes_out"], s["messages"]) == ("0", str(len(r.raw)), "0"), s
         # On the TLS port: the handshake first, then the 421 over TLS.
         with Client(tf.tls_port, tls=True) as tls_third:
             assert tls_third.sock.version().startswith("TLSv1")
-            expect_limit(tls_third)
-        assert tf.session_of(tls_third.local)["reason"] == "limit"
+            r = expect_limit(tls_third)
+        s = tf.session_of(tls_third.local)
+        assert s["reason"] == "limit" and s["listener"] == "tls", s
+        assert s["tls"].startswith("TLS1.") and s["bytes_out"] == str(len(r.raw)), s
         # Another address is still welcome.
         with Client(tf.port, source="127.0.0.2") as other:
             other.greeting()
@@ -958,18 +1035,28 @@ def test_s3_1_limits_per_ip(tlsfront_factory, raw_backend):
 
 
 def test_s3_1_max_connections_across_workers(tlsfront_factory, raw_backend):
-    tf = start_front(tlsfront_factory, raw_backend.port, workers=2, max_connections=3,
-                     max_connections_per_ip=100)
+    """workers = 2 (SO_REUSEPORT spreads the connections): both limits are
+    shared by all workers."""
+    tf = start_front(tlsfront_factory, raw_backend.port, workers=2, max_connections=4,
+                     max_connections_per_ip=2)
     held = []
+
+    def refused(src):
+        with Client(tf.port, source=src) as c:
+            expect_limit(c)
+        assert tf.session_of(c.local)["reason"] == "limit"
+
     try:
-        for src in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+        for src in ("127.0.0.1", "127.0.0.1", "127.0.0.2"):
             c = Client(tf.port, source=src)
             c.greeting()
             held.append(c)
-        for src in ("127.0.0.4", "127.0.0.1"):
-            with Client(tf.port, source=src) as c:
-                expect_limit(c)
-            assert tf.session_of(c.local)["reason"] == "limit"
+        refused("127.0.0.1")  # per ip
+        c = Client(tf.port, source="127.0.0.3")
+        c.greeting()
+        held.append(c)
+        for src in ("127.0.0.4", "127.0.0.2"):  # total 4
+            refused(src)
         held.pop().close()
         held.append(admitted_again(tf.port, "127.0.0.5"))
     finally:

@@ -279,3 +279,26 @@ def test_s3_2_idle_timeout_rearmed_by_data_bytes(tlsfront_factory, aiosmtpd_back
         assert c.read_reply().code == 250
         assert c.cmd("QUIT").code == 221
     assert aiosmtpd_backend.messages[0]["content"] == b"Subject: slow\r\n\r\nxxxxxxxx\r\n"
+
+
+def test_s3_2_unknown_commands_passed_unchanged(tlsfront_factory, raw_backend):
+    tf = tlsfront_factory(raw_backend.port)
+    with session_start(tf) as c:
+        assert c.cmd("FROBNICATE  two  spaces\tand tab").code == 500
+        assert c.cmd("vrfy someone").code == 500
+        assert c.cmd("QUIT").code == 221
+    cmds = raw_backend.command_texts()
+    assert "FROBNICATE  two  spaces\tand tab" in cmds, cmds
+    assert "vrfy someone" in cmds, cmds
+
+
+def test_s7_1_refused_recipients_do_not_count(tlsfront_factory, aiosmtpd_backend):
+    tf = tlsfront_factory(aiosmtpd_backend.port, max_errors=2)
+    with session_start(tf) as c:
+        assert c.cmd("MAIL FROM:<a@x>").code == 250
+        for i in range(4):
+            assert c.cmd("RCPT TO:<unknown%d@y>" % i).code == 550
+        assert c.cmd("RCPT TO:<known@y>").code == 250
+        assert c.cmd("NOOP").code == 250
+        assert c.cmd("QUIT").code == 221
+    assert tf.session_of(c.local)["reason"] == "quit"

@@ -55,8 +55,18 @@ def pki(tmp_path_factory):
     _openssl("x509", "-req", "-in", "peer.csr", "-CA", "testca.pem", "-CAkey", "testca.key",
              "-CAcreateserial", "-out", "peer_dns.pem", "-days", "2", "-extfile", "ext_dns.cnf",
              cwd=d)
+    # tlsfront's own certificate, presented when a peer asks (§4.2.6).
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", "front.key", "-out", "front.csr", "-subj", "/CN=out.test", cwd=d)
+    with open(os.path.join(d, "ext_front.cnf"), "w") as f:
+        f.write("subjectAltName=DNS:out.test\nextendedKeyUsage=serverAuth,clientAuth\n")
+    _openssl("x509", "-req", "-in", "front.csr", "-CA", "testca.pem", "-CAkey", "testca.key",
+             "-CAcreateserial", "-out", "front.pem", "-days", "2", "-extfile", "ext_front.cnf",
+             cwd=d)
     return {
         "dir": d,
+        "front_cert": os.path.join(d, "front.pem"),
+        "front_key": os.path.join(d, "front.key"),
         "ca": os.path.join(d, "testca.pem"),
         "other_ca": os.path.join(d, "otherca.pem"),
         "cert": os.path.join(d, "peer.pem"),
@@ -76,13 +86,18 @@ def server_context(pki, cert="cert"):
 class TlsPeer:
     """aiosmtpd offering STARTTLS with the test CA's certificate."""
 
-    def __init__(self, pki, starttls=True, cert="cert"):
+    def __init__(self, pki, starttls=True, cert="cert", client_ca=None):
         from aiosmtpd.controller import Controller
         self.handler = RecordingHandler()
         self.port = tfhelpers.free_port()
         kw = {}
         if starttls:
-            kw = {"tls_context": server_context(pki, cert), "require_starttls": False}
+            ctx = server_context(pki, cert)
+            if client_ca:
+                # The peer asks for a client certificate and insists on it.
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(client_ca)
+            kw = {"tls_context": ctx, "require_starttls": False}
         self.controller = Controller(self.handler, hostname=HOST, port=self.port,
                                      ready_timeout=10.0, server_hostname="peer.test", **kw)
         self.controller.start()
@@ -191,6 +206,8 @@ def peers(pki):
     def make(kind):
         if kind == "starttls":
             p = TlsPeer(pki)
+        elif kind == "starttls_client_cert":
+            p = TlsPeer(pki, client_ca=pki["ca"])
         elif kind == "starttls_dns_only":
             p = TlsPeer(pki, cert="cert_dns")
         elif kind == "plain":
@@ -223,11 +240,15 @@ class Outbound:
 @pytest.fixture
 def outbound(tlsfront_factory, pki):
     def start(hop_port, policy, ca=None, host="localhost", next_hop=None,
-              limits="idle_timeout = 30;"):
+              limits="idle_timeout = 30;", own_cert=False):
         out_port = tfhelpers.free_port()
         in_port = tfhelpers.free_port()
         dead = tfhelpers.free_port()
         hop = next_hop or "%s:%d" % (host, hop_port)
+        certs = ""
+        if own_cert:
+            certs = ('certificates = ( { cert = "%s"; key = "%s"; } );'
+                     % (pki["front_cert"], pki["front_key"]))
         text = f"""server_name = "out.test";
 workers = 1;
 backend = {{ address = "127.0.0.1:{dead}"; }};
@@ -236,7 +257,7 @@ outbound = {{ enabled = true; listen = [ "127.0.0.1:{out_port}" ]; next_hop = "{
   tls = "{policy}"; ca_file = "{ca or pki['ca']}"; connect_timeout = 5; }};
 limits = {{ {limits} }};
 log = {{ level = "debug"; }};
-tls = {{ priority = "NORMAL"; handshake_timeout = 5; }};
+tls = {{ priority = "NORMAL"; handshake_timeout = 5; {certs} }};
 """
         tf = tlsfront_factory(config_text=text)
         tf.wait_event("listening")
@@ -524,6 +545,32 @@ def test_s3_7_outbound_data_is_sanitized(outbound, peers):
     assert b"\n.\n" not in content and b"line two" in content
 
 
+def test_s4_2_6_own_certificate_for_a_peer_that_asks(outbound, peers):
+    peer = peers("starttls_client_cert")
+    ob = outbound(peer.port, "verify", own_cert=True)
+    deliver(ob.port)
+    assert peer.wait_messages(1)
+    s = ob.summary()[0]
+    assert s["tls"].startswith("TLS1.") and s["verified"] == "yes", s
+
+
+def test_s4_2_6_no_certificate_the_peer_accepts_fails_the_handshake(outbound, peers):
+    # The self-signed default is not from the CA the peer trusts.
+    peer = peers("starttls_client_cert")
+    ob = outbound(peer.port, "required")
+    refused(ob.port)
+    assert not peer.handler.messages
+
+
+def test_s4_2_6_refused_client_certificate_under_negotiated_falls_back(outbound, peers):
+    peer = peers("starttls_client_cert")
+    ob = outbound(peer.port, "negotiated")
+    deliver(ob.port)
+    assert peer.wait_messages(1)
+    s = ob.summary()[0]
+    assert s["fallback"] == "yes" and s["tls"] == "none" and s["verified"] == "no", s
+
+
 # ---- §4.2.3 limits, idle_timeout, shutdown ------------------------------------------------
 
 def test_s4_2_3_connection_limits_apply_outbound(outbound, peers):
@@ -632,13 +679,15 @@ log = {{ level = "debug"; }};
             dest = peer.port
         else:
             dest = out_port  # the plumbing alone: no original destination
+        if ipt == "--no-redirect":
+            try:
+                smtplib.SMTP(HOST, dest, timeout=IO_TIMEOUT, source_address=("127.0.0.2", 0))
+            except smtplib.SMTPConnectError as e:
+                assert e.smtp_code == 421, e
+                print("NETNS-OK")
+            return
         with smtplib.SMTP(HOST, dest, timeout=IO_TIMEOUT,
                           source_address=("127.0.0.2", 0)) as s:
-            if ipt == "--no-redirect":
-                code, _ = s.ehlo("legacy.test")
-                assert code == 421, code
-                print("NETNS-OK")
-                return
             assert s.ehlo("legacy.test")[0] == 250
             s.sendmail("a@legacy.test", ["b@peer.test"], MSG)
             s.quit()

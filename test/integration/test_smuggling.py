@@ -1,5 +1,7 @@
 """SMTP smuggling defence (SPEC §3.7) against a lenient legacy backend, and
 the content round trip through a strict one."""
+import time
+
 import pytest
 
 from tfhelpers import send_message
@@ -97,3 +99,56 @@ def test_s3_7_sanitize_round_trip_strict_backend(front, aiosmtpd_backend):
         assert c.cmd("QUIT").code == 221
     assert aiosmtpd_backend.wait_messages(1)
     assert aiosmtpd_backend.messages[0]["content"] == expected
+
+
+def send_in_pieces(c, data, size=1, pause=0.001):
+    for i in range(0, len(data), size):
+        c.send(data[i:i + size])
+        time.sleep(pause)
+
+
+@pytest.mark.parametrize("mode", ["sanitize", "reject"])
+@pytest.mark.parametrize("variant", ["CR.CR", "CRLF.LF"])
+def test_s3_7_smuggling_byte_by_byte(tlsfront_factory, raw_backend, mode, variant):
+    # The same attack, one octet per write: the scanner keeps its state
+    # across reads.
+    sep, expected_middle = VARIANTS[variant]
+    tf = tlsfront_factory(raw_backend.port, bare_newlines=mode)
+    with tf.connect() as c:
+        c.greeting()
+        c.ehlo()
+        assert c.cmd("MAIL FROM:<good@x>").code == 250
+        assert c.cmd("RCPT TO:<rcpt@y>").code == 250
+        assert c.cmd("DATA").code == 354
+        send_in_pieces(c, smuggling_content(sep))
+        r = c.read_reply()
+        if mode == "sanitize":
+            assert r.code == 250, r
+            assert c.cmd("QUIT").code == 221
+        else:
+            assert r.code == 550 and r.enhanced == "5.5.2", r
+            r = c.read_reply()
+            assert r.code == 421 and r.enhanced == "4.7.0", r
+    tf.session_of(c.local)
+    cmds = raw_backend.command_texts()
+    assert "MAIL FROM:<evil@x>" not in cmds, cmds
+    if mode == "sanitize":
+        assert raw_backend.messages == [b"From: a@x\r\nTo: b@y\r\nSubject: smuggle\r\n\r\n"
+                                        + expected_middle + SMUGGLED[4:] + b"\r\n"]
+    else:
+        assert raw_backend.messages == []
+
+
+def test_s3_7_long_lines_and_any_octet(tlsfront_factory, raw_backend):
+    # §3.7: content lines of any length holding any octet but bare CR/LF.
+    octets = bytes(b for b in range(256) if b not in (10, 13))
+    long_line = (octets * 1200)[:300000]  # 300 kB in one line
+    content = b"Subject: octets\r\n\r\n" + long_line + b"\r\n" + octets + b"\r\n"
+    tf = tlsfront_factory(raw_backend.port, bare_newlines="reject")
+    with tf.connect() as c:
+        c.greeting()
+        c.ehlo()
+        wire = content.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+        assert send_message(c, "a@x", "b@y", wire).code == 250
+        assert c.cmd("QUIT").code == 221
+    assert raw_backend.messages == [content.replace(b"\r\n.", b"\r\n..")]

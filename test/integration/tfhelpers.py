@@ -227,6 +227,7 @@ def send_message(c, mail_from, rcpt, content):
 # A broken legacy server's idea of the end of data: a "." alone on a line,
 # where any of CRLF, bare LF or bare CR ends a line.
 _LENIENT_END = re.compile(rb"(?:^|\r\n|\n|\r)\.(?:\r\n|\n|\r)")
+_LENIENT_END_MID = re.compile(rb"(?:\r\n|\n|\r)\.(?:\r\n|\n|\r)")  # not at the start
 
 
 class RawBackend:
@@ -238,13 +239,19 @@ class RawBackend:
     close_on=VERB: closes the connection, without a reply, when that verb comes.
     reply_delay: seconds to wait before each reply (to test reply order).
     greeting: the greeting line(s), without the final CRLF.
+    read_delay: seconds to sleep after each read (a slow backend).
+    keep_messages=False: record only the size of each message (in
+    message_sizes) and not what it received (raw), to spare memory.
     """
 
     MAX_CONNECTIONS = 200
 
     def __init__(self, close_on=None, reply_delay=0.0, ehlo_extra=(),
-                 greeting="220 raw.backend ESMTP legacy"):
+                 greeting="220 raw.backend ESMTP legacy", read_delay=0.0, keep_messages=True):
         self.greeting = greeting
+        self.read_delay = read_delay
+        self.keep_messages = keep_messages
+        self.message_sizes = []
         self.close_on = close_on.upper() if close_on else None
         self.reply_delay = reply_delay
         self.ehlo_extra = list(ehlo_extra)
@@ -294,13 +301,18 @@ class RawBackend:
         conn.settimeout(30)
         buf = b""
         in_data = False
+        scanned = 0  # in DATA: buf[:scanned] holds no end of data
+        dropped = 0  # in DATA, keep_messages=False: content octets let go
         try:
             conn.sendall(self.greeting.encode("latin-1") + b"\r\n")
-            for _ in range(100000):
+            for _ in range(1000000):
                 if self.stopping:
                     return
                 if in_data:
-                    m = _LENIENT_END.search(buf)
+                    # "^" matches only at the real start of buf, never at pos;
+                    # once content was let go, buf does not start the content.
+                    end_re = _LENIENT_END_MID if dropped else _LENIENT_END
+                    m = end_re.search(buf, max(0, scanned - 4))
                     if m and m.group(0).endswith(b"\r") and m.end() == len(buf):
                         m = None  # maybe a CRLF cut in two: wait for more
                     if m:
@@ -312,11 +324,19 @@ class RawBackend:
                             content = buf[:m.start()] + eol
                         buf = buf[m.end():]
                         with self.lock:
-                            self.messages.append(content)
-                            n = len(self.messages)
+                            self.message_sizes.append(dropped + len(content))
+                            if self.keep_messages:
+                                self.messages.append(content)
+                            n = len(self.message_sizes)
                         in_data = False
+                        dropped = 0
                         self._reply(conn, "250 2.0.0 Ok: queued as %d" % n)
                         continue
+                    scanned = len(buf)
+                    if not self.keep_messages and len(buf) > 65536:
+                        dropped += len(buf) - 8
+                        buf = buf[-8:]
+                        scanned = 8
                 else:
                     i = buf.find(b"\n")
                     if i >= 0:
@@ -329,12 +349,16 @@ class RawBackend:
                             return
                         if line[:4].upper() == b"DATA":
                             in_data = True
+                            scanned = 0
                         continue
                 chunk = conn.recv(65536)
                 if not chunk:
                     return
-                raw += chunk
+                if self.keep_messages:
+                    raw += chunk
                 buf += chunk
+                if self.read_delay:
+                    time.sleep(self.read_delay)
         except OSError:
             return
         finally:
@@ -399,7 +423,8 @@ class RawBackend:
 
 class RecordingHandler:
     """Records every message's envelope and exact content bytes, and every
-    MAIL FROM address and RCPT TO address it was given."""
+    MAIL FROM address and RCPT TO address it was given. Refuses (550) the
+    recipients whose address starts with "unknown"."""
 
     def __init__(self):
         self.messages = []
@@ -417,6 +442,8 @@ class RecordingHandler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         with self.lock:
             self.rcpt_to.append(address)
+        if address.startswith("unknown"):
+            return "550 5.1.1 <%s>: Recipient address rejected" % address
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
@@ -455,7 +482,7 @@ class AiosmtpdBackend:
 
 def make_config(backend_port, *, listen_port=None, server_name="mx.test", workers=1, starttls=True,
                 connect_timeout=5, idle_timeout=30, line_length=2048, max_errors=10,
-                shutdown_timeout=10, bare_newlines="sanitize", log_level="debug",
+                shutdown_timeout=5, bare_newlines="sanitize", log_level="debug",
                 tls=None, extra=""):
     listen_port = 0 if listen_port is None else listen_port
     tls = tls if tls is not None else 'tls = { priority = "NORMAL"; handshake_timeout = 10; };'

@@ -522,6 +522,16 @@ static void test_s2_bad_enum_is_error(void **state)
 	expect_errors(cases, COUNT(cases));
 }
 
+static void test_s2_listen_port_zero_is_any_free_port(void **state)
+{
+	(void)state;
+	struct tf_config cfg;
+	load_ok("inbound = { tcp = { listen = [ \"127.0.0.1:0\" ]; }; };\n", &cfg);
+	assert_string_equal(cfg.inbound.tcp.listen[0], "127.0.0.1:0");
+	config_free(&cfg);
+	expect_error("outbound = { next_hop = \"h:0\"; #<\n};\n", "outbound.next_hop", NULL);
+}
+
 static void test_s2_malformed_address_is_error(void **state)
 {
 	(void)state;
@@ -784,6 +794,7 @@ static void test_s2_split_hostport_accepts_host_port_and_v6(void **state)
 	    {"smtp.example.net:25", "smtp.example.net", 25},
 	    {"mx-1_a.example:65535", "mx-1_a.example", 65535},
 	    {"h:00025", "h", 25},
+	    {"127.0.0.1:0", "127.0.0.1", 0}, /* a listen address may ask for any port */
 	};
 	for (size_t i = 0; i < COUNT(good); i++) {
 		char host[64] = "unset";
@@ -799,7 +810,7 @@ static void test_s2_split_hostport_refuses_malformed(void **state)
 {
 	(void)state;
 	static const char *const bad[] = {
-	    "",		  "host",	 "host:",      ":25",	    "host:0",	"host:65536",
+	    "",		  "host",	 "host:",      ":25",	    "host:",	"host:65536",
 	    "host:99999", "host:123456", "host:-1",    "host:+25",  "host:2 5", "host:25 ",
 	    "host:0x19",  "host:smtp",	 "[::1]",      "[::1]:",    "[::1:25",	"::1]:25",
 	    "::1:25",	  "[]:25",	 "[::1]25",    "[::1]:25]", "[a]:25",	"[::1%eth0]:25",
@@ -909,6 +920,7 @@ int main(void)
 	    cmocka_unit_test(test_s2_unreadable_file_is_error),
 	    cmocka_unit_test(test_s2_require_tls_without_starttls_is_error_at_later_key),
 	    cmocka_unit_test(test_s3_6_policy_keys_load),
+	    cmocka_unit_test(test_s2_listen_port_zero_is_any_free_port),
 	    cmocka_unit_test(test_s6_user_must_exist),
 	    cmocka_unit_test(test_s7_11_no_listener_enabled_is_error_at_last_enabled_false),
 	    cmocka_unit_test(test_s2_verify_with_original_destination_is_error_at_later_key),

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "policy/outbound_policy.h"
 #include "proxy/smtp/outbound_nego.h"
 
 enum step_kind {
@@ -606,6 +607,16 @@ static void test_s4_2_handshake_peer_close_is_a_failure(void **state)
 	run(steps, TF_OUT_TLS_NEGOTIATED, 0, &t);
 	assert_buf(&t.events, "TRN:outbound_tls_fallback;");
 	transcript_free(&t);
+	/* TLS 1.3: a peer refusing our certificate closes after our side of
+	 * the handshake completed, before its first reply inside TLS. */
+	static const struct step late[] = {
+	    {PEER, GREETING}, {LEGACY, "EHLO l\r\n"}, {PEER, EHLO_TLS}, {PEER, "220 go\r\n"},
+	    {TLS_OK, NULL},   {PEER_CLOSED, NULL},    {END, NULL},
+	};
+	run(late, TF_OUT_TLS_NEGOTIATED, 0, &t);
+	assert_buf(&t.events, "TRN:outbound_tls_fallback;");
+	transcript_free(&t);
+	expect_refusal(late, TF_OUT_TLS_VERIFY, CLOSE_TLS_ERROR);
 }
 
 static void test_s3_2_long_line_before_ehlo(void **state)
@@ -623,9 +634,39 @@ static void test_s3_2_long_line_before_ehlo(void **state)
 	outbound_nego_free(&n);
 }
 
+/* The §4.3 table itself, cell by cell. */
+static void test_s4_3_policy_table(void **state)
+{
+	(void)state;
+	assert_false(outbound_policy_wants_tls(TF_OUT_TLS_NONE));
+	assert_int_equal(outbound_policy_no_starttls(TF_OUT_TLS_NONE), OUT_PLAINTEXT);
+	assert_false(outbound_policy_verifies(TF_OUT_TLS_NONE));
+
+	assert_true(outbound_policy_wants_tls(TF_OUT_TLS_NEGOTIATED));
+	assert_int_equal(outbound_policy_no_starttls(TF_OUT_TLS_NEGOTIATED), OUT_PLAINTEXT_LOGGED);
+	assert_int_equal(outbound_policy_handshake_failed(TF_OUT_TLS_NEGOTIATED),
+			 OUT_RETRY_PLAINTEXT);
+	assert_false(outbound_policy_verifies(TF_OUT_TLS_NEGOTIATED));
+
+	assert_true(outbound_policy_wants_tls(TF_OUT_TLS_REQUIRED));
+	assert_int_equal(outbound_policy_no_starttls(TF_OUT_TLS_REQUIRED), OUT_REFUSE);
+	assert_int_equal(outbound_policy_handshake_failed(TF_OUT_TLS_REQUIRED), OUT_REFUSE);
+	assert_false(outbound_policy_verifies(TF_OUT_TLS_REQUIRED));
+
+	assert_true(outbound_policy_wants_tls(TF_OUT_TLS_VERIFY));
+	assert_int_equal(outbound_policy_no_starttls(TF_OUT_TLS_VERIFY), OUT_REFUSE);
+	assert_int_equal(outbound_policy_handshake_failed(TF_OUT_TLS_VERIFY), OUT_REFUSE);
+	assert_true(outbound_policy_verifies(TF_OUT_TLS_VERIFY));
+
+	/* An unknown value gets the strictest row. */
+	assert_int_equal(outbound_policy_no_starttls((enum tf_outbound_tls)42), OUT_REFUSE);
+	assert_true(outbound_policy_verifies((enum tf_outbound_tls)42));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_s4_3_policy_table),
 	    cmocka_unit_test(test_s4_3_none_with_starttls_offered),
 	    cmocka_unit_test(test_s4_3_none_without_starttls),
 	    cmocka_unit_test(test_s4_3_negotiated_starttls),
