@@ -12,6 +12,7 @@
  * plaintext after its 220 to STARTTLS to anyone. Never frees a session
  * outside the last close callback.
  */
+#include "proxy/stream_write.h"
 #include "proxy/outbound.h"
 
 #include <errno.h>
@@ -37,12 +38,6 @@
 #define OUTBOUND_LINGER_MS     10000
 
 static atomic_ulong outbound_counter;
-
-struct write_req {
-	uv_write_t req;
-	struct outbound *s;
-	char *data;
-};
 
 static void outbound_step(struct outbound *s);
 static void pump_tls(struct outbound *s);
@@ -180,14 +175,11 @@ static void peer_lost(struct outbound *s)
 
 /* ---- writing ----------------------------------------------------------- */
 
-static void write_cb(uv_write_t *req, int status)
+static void write_done(void *owner, uv_stream_t *st, int status)
 {
-	struct write_req *wr = (struct write_req *)req;
-	struct outbound *s = wr->s;
-	bool to_legacy = req->handle == legacy_stream(s);
-	bool stale = !to_legacy && req->handle != peer_stream(s);
-	free(wr->data);
-	free(wr);
+	struct outbound *s = owner;
+	bool to_legacy = st == legacy_stream(s);
+	bool stale = !to_legacy && st != peer_stream(s);
 	if (s->closing)
 		return;
 	if (status < 0 && to_legacy) {
@@ -202,27 +194,15 @@ static void write_cb(uv_write_t *req, int status)
 /* Takes ownership of data (malloc'd). */
 static void write_to(struct outbound *s, uv_stream_t *st, char *data, size_t len)
 {
-	if (!len) {
-		free(data);
-		return;
-	}
-	struct write_req *wr = malloc(sizeof(*wr));
-	if (!wr) {
-		free(data);
+	bool to_legacy = st == legacy_stream(s);
+	size_t *inflight = to_legacy ? &s->legacy_inflight : &s->peer_inflight;
+	int rc = stream_write(st, data, len, inflight, s, write_done);
+	if (rc == UV_ENOMEM)
 		outbound_close(s, CLOSE_ERROR);
-		return;
-	}
-	wr->s = s;
-	wr->data = data;
-	uv_buf_t b = uv_buf_init(data, (unsigned)len);
-	if (uv_write(&wr->req, st, &b, 1, write_cb) != 0) {
-		free(data);
-		free(wr);
-		if (st == legacy_stream(s))
-			outbound_close(s, CLOSE_CLIENT_CLOSED);
-		else if (!s->peer_gone)
-			peer_lost(s);
-	}
+	else if (rc != 0 && to_legacy)
+		outbound_close(s, CLOSE_CLIENT_CLOSED);
+	else if (rc != 0 && !s->peer_gone)
+		peer_lost(s);
 }
 
 static void send_legacy(struct outbound *s, char *data, size_t len)
@@ -364,8 +344,7 @@ static void begin_tls(struct outbound *s)
 
 static bool peer_backlogged(struct outbound *s)
 {
-	return s->peer_connected && !s->peer_gone &&
-	       uv_stream_get_write_queue_size(peer_stream(s)) > OUTBOUND_MAX_IN_FLIGHT;
+	return s->peer_connected && !s->peer_gone && s->peer_inflight > OUTBOUND_MAX_IN_FLIGHT;
 }
 
 static bool legacy_wanted(struct outbound *s)
@@ -380,8 +359,7 @@ static bool legacy_wanted(struct outbound *s)
 static bool peer_wanted(struct outbound *s)
 {
 	return !s->closing && s->peer_connected && !s->peer_gone &&
-	       (s->handshaking ||
-		uv_stream_get_write_queue_size(legacy_stream(s)) <= OUTBOUND_MAX_IN_FLIGHT);
+	       (s->handshaking || s->legacy_inflight <= OUTBOUND_MAX_IN_FLIGHT);
 }
 
 /* Peer plaintext (from the socket, or decrypted): nego first, then the

@@ -69,7 +69,8 @@ struct outbound {
 	char sni[256];	/* the name sent, "none" */
 	struct sockaddr_storage legacy_ss;
 	struct sockaddr_storage dest;
-	uint64_t bytes_in, bytes_out; /* to and from the legacy server (§7.5) */
+	uint64_t bytes_in, bytes_out;	       /* to and from the legacy server (§7.5) */
+	size_t legacy_inflight, peer_inflight; /* written, not yet called back */
 	unsigned logged_messages;
 	uint64_t start_ms;
 };

@@ -22,18 +22,13 @@
 #include "proxy/conn_limits.h"
 #include "proxy/log.h"
 #include "proxy/proxy_protocol.h"
+#include "proxy/stream_write.h"
 
 #define SESSION_MAX_IN_FLIGHT (256 * 1024)
 #define SESSION_LINGER_MS     10000 /* how long a closing client may take to drain */
 #define PROXY_HEADER_TIMEOUT  10    /* seconds for a balancer's PROXY header */
 
 static atomic_ulong session_counter;
-
-struct write_req {
-	uv_write_t req;
-	struct session *s;
-	char *data;
-};
 
 static void session_step(struct session *s);
 static void pump_tls(struct session *s);
@@ -170,17 +165,13 @@ void session_shutdown(struct session *s)
 
 /* ---- writing ----------------------------------------------------------- */
 
-static void write_cb(uv_write_t *req, int status)
+static void write_done(void *owner, uv_stream_t *st, int status)
 {
-	struct write_req *wr = (struct write_req *)req;
-	struct session *s = wr->s;
-	bool to_client = req->handle == client_stream(s);
-	free(wr->data);
-	free(wr);
+	struct session *s = owner;
 	if (s->closing)
 		return;
 	if (status < 0) {
-		if (to_client) {
+		if (st == client_stream(s)) {
 			session_close(s, CLOSE_CLIENT_CLOSED);
 		} else {
 			s->backend_gone = true;
@@ -193,23 +184,13 @@ static void write_cb(uv_write_t *req, int status)
 /* Takes ownership of data (malloc'd). */
 static void write_to(struct session *s, uv_stream_t *st, char *data, size_t len)
 {
-	if (!len) {
-		free(data);
-		return;
-	}
-	struct write_req *wr = malloc(sizeof(*wr));
-	if (!wr) {
-		free(data);
+	bool to_client = st == client_stream(s);
+	size_t *inflight = to_client ? &s->client_inflight : &s->backend_inflight;
+	int rc = stream_write(st, data, len, inflight, s, write_done);
+	if (rc == UV_ENOMEM) {
 		session_close(s, CLOSE_ERROR);
-		return;
-	}
-	wr->s = s;
-	wr->data = data;
-	uv_buf_t b = uv_buf_init(data, (unsigned)len);
-	if (uv_write(&wr->req, st, &b, 1, write_cb) != 0) {
-		free(data);
-		free(wr);
-		if (st == client_stream(s)) {
+	} else if (rc != 0) {
+		if (to_client) {
 			session_close(s, CLOSE_CLIENT_CLOSED);
 		} else {
 			s->backend_gone = true;
@@ -332,7 +313,7 @@ static void do_handshake(struct session *s)
 static bool backend_backlogged(struct session *s)
 {
 	return s->backend_connected && !s->backend_gone &&
-	       uv_stream_get_write_queue_size(backend_stream(s)) > SESSION_MAX_IN_FLIGHT;
+	       s->backend_inflight > SESSION_MAX_IN_FLIGHT;
 }
 
 static bool client_wanted(struct session *s)
@@ -453,9 +434,8 @@ static void set_reading(struct session *s, uv_stream_t *st, bool *reading, bool 
 static void update_reads(struct session *s)
 {
 	bool want_client = client_wanted(s);
-	bool want_backend =
-	    !s->closing && s->backend_connected && !s->backend_gone &&
-	    uv_stream_get_write_queue_size(client_stream(s)) <= SESSION_MAX_IN_FLIGHT;
+	bool want_backend = !s->closing && s->backend_connected && !s->backend_gone &&
+			    s->client_inflight <= SESSION_MAX_IN_FLIGHT;
 	set_reading(s, client_stream(s), &s->client_reading, want_client, client_read_cb);
 	set_reading(s, backend_stream(s), &s->backend_reading, want_backend, backend_read_cb);
 }

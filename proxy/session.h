@@ -66,7 +66,8 @@ struct session {
 	unsigned char pp_buf[PP_HEADER_MAX];
 	size_t pp_len;
 	uint64_t bytes_in, bytes_out;
-	unsigned logged_messages; /* messages already logged as delivered */
+	size_t client_inflight, backend_inflight; /* written, not yet called back */
+	unsigned logged_messages;		  /* messages already logged as delivered */
 	uint64_t start_ms;
 };
 

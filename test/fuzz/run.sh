@@ -28,6 +28,7 @@ run() { # name, sources...
 }
 run fuzz_config test/fuzz/fuzz_config.c policy/config.c
 if [ -f test/fuzz/fuzz_smtp_machine.c ]; then
-	run fuzz_smtp_machine test/fuzz/fuzz_smtp_machine.c proxy/smtp/*.c policy/smtp_rules.c
+	run fuzz_smtp_machine test/fuzz/fuzz_smtp_machine.c proxy/smtp/*.c policy/smtp_rules.c \
+		policy/outbound_policy.c
 fi
 exit $status

@@ -62,27 +62,17 @@ def tlsfront_factory(tmp_path, tlsfront_bin):
     started = []
 
     def start(backend_port=None, config_text=None, **options):
-        # listen_port=None (the default): a port the kernel picked free a
-        # moment ago (tlsfront refuses "127.0.0.1:0" in inbound.tcp.listen,
-        # see test_s2_listen_on_port_zero); retried if taken in between.
-        pick = config_text is None and options.get("listen_port") is None
-        for attempt in range(3):
-            if config_text is None or pick:
-                if pick:
-                    options["listen_port"] = tfhelpers.free_port()
-                config_text = tfhelpers.make_config(backend_port, **options)
-            try:
-                tf = tfhelpers.TlsFront(str(tmp_path), config_text,
-                                        name="tlsfront%d" % len(started))
-            except tfhelpers.StartError as e:
-                started.append(e.tf)
-                if pick and attempt < 2 and "in use" in e.tf.log_text():
-                    continue
-                raise
-            started.append(tf)
-            if pick:
-                assert tf.port == options["listen_port"], tf.log_text()
-            return tf
+        # listen_port defaults to 0: the kernel picks it, tlsfront logs it.
+        if config_text is None:
+            config_text = tfhelpers.make_config(backend_port, **options)
+        try:
+            tf = tfhelpers.TlsFront(str(tmp_path), config_text,
+                                    name="tlsfront%d" % len(started))
+        except tfhelpers.StartError as e:
+            started.append(e.tf)
+            raise
+        started.append(tf)
+        return tf
 
     yield start
 

@@ -63,7 +63,7 @@ def test_s6_version_prints_four_versions():
 
 
 def test_s2_check_good_config(tmp_path):
-    path, rc, out, err = check_config(tmp_path, make_config(2525, listen_port=2526))
+    path, rc, out, err = check_config(tmp_path, make_config(2525))
     assert rc == 0, err
     assert err == "" or "error" not in err.lower(), err
 
@@ -74,7 +74,7 @@ def test_s2_check_minimal_config(tmp_path):
 
 
 def test_s2_check_unknown_key(tmp_path):
-    text = make_config(2525, listen_port=2526).replace(
+    text = make_config(2525).replace(
         "limits = {", "limits = { idle_timout = 5;", 1)
     path, rc, out, err = check_config(tmp_path, text)
     assert rc == 1
@@ -83,7 +83,7 @@ def test_s2_check_unknown_key(tmp_path):
 
 
 def test_s2_check_wrong_type(tmp_path):
-    text = make_config(2525, listen_port=2526).replace("workers = 1;", 'workers = "two";')
+    text = make_config(2525).replace("workers = 1;", 'workers = "two";')
     path, rc, out, err = check_config(tmp_path, text)
     assert rc == 1
     assert err.startswith("%s:%d:" % (path, line_of(text, "workers"))), err
@@ -106,16 +106,19 @@ def test_s2_check_impossible_combination_at_later_key(tmp_path):
 def test_s2_check_not_supported_yet(tmp_path):
     # inbound.tls (issue 3) and outbound (issue 5) have since been built:
     # nothing is refused as "not supported yet" any more.
-    text = make_config(2525, listen_port=2526) + "outbound = { enabled = true; };\n"
+    text = make_config(2525) + "outbound = { enabled = true; };\n"
     path, rc, out, err = check_config(tmp_path, text)
     assert rc == 0, err
     assert "not supported yet" not in err, err
 
 
 def test_s2_listen_on_port_zero(tlsfront_factory, aiosmtpd_backend):
-    # The kernel chooses the port; tlsfront logs the one it got.
+    # The kernel chooses the port; tlsfront logs the one it got (every
+    # other test relies on this too).
     tf = tlsfront_factory(aiosmtpd_backend.port, listen_port=0)
     assert tf.port != 0
+    assert re.search(r"event=listening listener=tcp address=127\.0\.0\.1:%d workers=1"
+                     % tf.port, tf.log_text())
     with tf.connect() as c:
         c.greeting()
         c.ehlo()

@@ -60,11 +60,11 @@ def test_s2_check_reads_certificate_files(tmp_path):
     from tfhelpers import make_config, tlsfront_bin
     good = make_cert(tmp_path, "good.test")
     path = tmp_path / "good.conf"
-    path.write_text(make_config(2525, listen_port=2526, tls=tls_config([good])))
+    path.write_text(make_config(2525, tls=tls_config([good])))
     assert run_tool([tlsfront_bin(), "-t", "-c", str(path)]).returncode == 0
     missing = (tmp_path / "missing.pem", good[1])
     path = tmp_path / "bad.conf"
-    path.write_text(make_config(2525, listen_port=2526, tls=tls_config([missing])))
+    path.write_text(make_config(2525, tls=tls_config([missing])))
     out = run_tool([tlsfront_bin(), "-t", "-c", str(path)])
     assert out.returncode == 1
     assert out.stderr.decode().startswith(str(path) + ":"), out.stderr

@@ -480,11 +480,10 @@ class AiosmtpdBackend:
 
 # ---- the tlsfront process ---------------------------------------------------
 
-def make_config(backend_port, *, listen_port=None, server_name="mx.test", workers=1, starttls=True,
+def make_config(backend_port, *, listen_port=0, server_name="mx.test", workers=1, starttls=True,
                 connect_timeout=5, idle_timeout=30, line_length=2048, max_errors=10,
                 shutdown_timeout=5, bare_newlines="sanitize", log_level="debug",
                 tls=None, extra=""):
-    listen_port = 0 if listen_port is None else listen_port
     tls = tls if tls is not None else 'tls = { priority = "NORMAL"; handshake_timeout = 10; };'
     return f"""# written by tlsfront's integration tests
 server_name = "{server_name}";

@@ -1,0 +1,54 @@
+/* stream_write.c — counted writes (stream_write.h). */
+#include "proxy/stream_write.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+struct write_req {
+	uv_write_t req;
+	char *data;
+	size_t len;
+	size_t *inflight;
+	void *owner;
+	stream_write_done done;
+};
+
+static void write_cb(uv_write_t *req, int status)
+{
+	struct write_req *wr = (struct write_req *)req;
+	*wr->inflight -= wr->len;
+	void *owner = wr->owner;
+	stream_write_done done = wr->done;
+	uv_stream_t *stream = req->handle;
+	free(wr->data);
+	free(wr);
+	done(owner, stream, status);
+}
+
+int stream_write(uv_stream_t *stream, char *data, size_t len, size_t *inflight, void *owner,
+		 stream_write_done done)
+{
+	if (!len) {
+		free(data);
+		return 0;
+	}
+	struct write_req *wr = malloc(sizeof(*wr));
+	if (!wr) {
+		free(data);
+		return UV_ENOMEM;
+	}
+	wr->data = data;
+	wr->len = len;
+	wr->inflight = inflight;
+	wr->owner = owner;
+	wr->done = done;
+	uv_buf_t b = uv_buf_init(data, (unsigned)len);
+	int rc = uv_write(&wr->req, stream, &b, 1, write_cb);
+	if (rc != 0) {
+		free(data);
+		free(wr);
+		return rc;
+	}
+	*inflight += len;
+	return 0;
+}
