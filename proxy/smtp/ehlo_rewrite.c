@@ -3,6 +3,7 @@
 #include "proxy/smtp/ehlo_rewrite.h"
 
 #include <string.h>
+#include <strings.h>
 
 /* Appends one reply line "250-text" or "250 text" with CRLF. */
 static bool put_line(struct buf *out, bool last, const char *text, size_t len)
@@ -49,4 +50,22 @@ bool ehlo_rewrite(const struct smtp_rules_session *s, int code, const char *text
 	if (add_starttls && !put_line(out, true, "STARTTLS", 8))
 		return false;
 	return true;
+}
+
+bool ehlo_reply_has_keyword(const char *text, size_t len, const char *keyword)
+{
+	size_t kl = strlen(keyword);
+	size_t pos = 0;
+	bool first = true;
+	while (pos < len) {
+		const char *eol = memchr(text + pos, '\r', len - pos);
+		size_t end = eol ? (size_t)(eol - text) : len;
+		if (!first && end - pos >= 4 + kl &&
+		    strncasecmp(text + pos + 4, keyword, kl) == 0 &&
+		    (end - pos == 4 + kl || text[pos + 4 + kl] == ' '))
+			return true;
+		first = false;
+		pos = end + 2;
+	}
+	return false;
 }

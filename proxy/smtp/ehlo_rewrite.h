@@ -19,4 +19,8 @@
 bool ehlo_rewrite(const struct smtp_rules_session *s, int code, const char *text, size_t len,
 		  struct buf *out);
 
+/* True when a reply (complete, CRLF line ends) lists keyword, matched without
+ * regard to case, on one of its lines after the first: "250-XCLIENT ...". */
+bool ehlo_reply_has_keyword(const char *text, size_t len, const char *keyword);
+
 #endif

@@ -239,25 +239,6 @@ void outbound_nego_feed_legacy(struct outbound_nego *n, const char *p, size_t le
 
 /* ---- peer replies ------------------------------------------------------ */
 
-/* True when a 250 reply lists keyword on a line after the first. */
-static bool has_keyword(const char *text, size_t len, const char *keyword)
-{
-	size_t kl = strlen(keyword);
-	size_t pos = 0;
-	bool first = true;
-	while (pos < len) {
-		const char *eol = memchr(text + pos, '\r', len - pos);
-		size_t end = eol ? (size_t)(eol - text) : len;
-		if (!first && end - pos >= 4 + kl &&
-		    strncasecmp(text + pos + 4, keyword, kl) == 0 &&
-		    (end - pos == 4 + kl || text[pos + 4 + kl] == ' '))
-			return true;
-		first = false;
-		pos = end + 2;
-	}
-	return false;
-}
-
 /* §4.2.3: the legacy server gets the last EHLO reply without STARTTLS, or
  * for a HELO "250 " and the text of that reply's first line; then the
  * session is spliced. */
@@ -301,7 +282,7 @@ static void on_ehlo(struct outbound_nego *n, int code, const char *text, size_t 
 		finish(n, code, text, len);
 		return;
 	}
-	if (tls_wanted(n) && has_keyword(text, len, "STARTTLS")) {
+	if (tls_wanted(n) && ehlo_reply_has_keyword(text, len, "STARTTLS")) {
 		buf_free(&n->plain_reply);
 		if (!buf_append(&n->plain_reply, text, len)) {
 			out_of_memory(n);

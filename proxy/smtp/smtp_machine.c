@@ -440,26 +440,6 @@ static void relay(struct smtp_machine *m, int code, const char *text, size_t len
 
 /* ---- XCLIENT (§3.3) ---------------------------------------------------- */
 
-/* True when a 250 reply lists keyword (case-insensitive) on one of its
- * lines after the first. */
-static bool reply_has_keyword(const char *text, size_t len, const char *keyword)
-{
-	size_t kl = strlen(keyword);
-	size_t pos = 0;
-	bool first = true;
-	while (pos < len) {
-		const char *eol = memchr(text + pos, '\r', len - pos);
-		size_t end = eol ? (size_t)(eol - text) : len;
-		if (!first && end - pos >= 4 + kl &&
-		    strncasecmp(text + pos + 4, keyword, kl) == 0 &&
-		    (end - pos == 4 + kl || text[pos + 4 + kl] == ' '))
-			return true;
-		first = false;
-		pos = end + 2;
-	}
-	return false;
-}
-
 static void start_xclient(struct smtp_machine *m)
 {
 	to_backend(m, "EHLO ", 5);
@@ -524,7 +504,7 @@ static void handle_reply(struct smtp_machine *m, int code, const char *text, siz
 		relay(m, code, text, len);
 		break;
 	case PEND_XCLIENT_EHLO:
-		if (code != 250 || !reply_has_keyword(text, len, "XCLIENT")) {
+		if (code != 250 || !ehlo_reply_has_keyword(text, len, "XCLIENT")) {
 			m->act.note =
 			    "backend does not offer XCLIENT (backend.client_info = xclient)";
 			say_and_close(m, "421 4.3.5", "Error: backend configuration error",
