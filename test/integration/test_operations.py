@@ -17,6 +17,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import threading
 import time
 
 import pytest
@@ -299,6 +300,56 @@ def test_s5_reload_new_certificate_session_in_flight_completes(tlsfront_factory,
     assert aiosmtpd_backend.wait_messages(1)
     assert aiosmtpd_backend.messages[0]["content"] == MESSAGE_HEAD + MESSAGE_TAIL
     assert tf.session_of(old.local)["messages"] == "1"
+
+
+def test_s5_rotation_under_live_traffic_fails_no_session(tlsfront_factory, aiosmtpd_backend,
+                                                        certs):
+    """Issue 6, done when: certificates rotate under live traffic with no
+    failed session. Two clients deliver messages over STARTTLS without pause
+    while the certificate is rotated A -> B -> A -> B by SIGHUP: every session
+    delivers, and both certificates were served."""
+    tf = start_front(tlsfront_factory, aiosmtpd_backend.port, pairs=[certs["a"]], workers=2)
+    stop = threading.Event()
+    failures, seen, delivered = [], [], [0]
+    lock = threading.Lock()
+
+    def traffic():
+        for _ in range(2000):  # bounded; stopped long before
+            if stop.is_set():
+                return
+            try:
+                c, der = starttls_peer(tf.port, quit=False)
+                with c:
+                    assert c.cmd("MAIL FROM:<a@example.org>").code == 250
+                    assert c.cmd("RCPT TO:<b@example.net>").code == 250
+                    assert c.cmd("DATA").code == 354
+                    c.send(MESSAGE_HEAD + MESSAGE_TAIL + b".\r\n")
+                    assert c.read_reply().code == 250
+                    assert c.cmd("QUIT").code == 221
+                with lock:
+                    seen.append(name_of(certs, der))
+                    delivered[0] += 1
+            except Exception as e:  # every failure is reported, none hidden
+                with lock:
+                    failures.append(repr(e))
+
+    threads = [threading.Thread(target=traffic) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for pair in ("b", "a", "b"):
+            time.sleep(0.3)
+            rewrite(tf, pairs=[certs[pair]])
+            reload_and_wait(tf, "ok")
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not failures, failures[:5]
+    assert delivered[0] >= 4, delivered
+    assert "a" in seen and "b" in seen, seen
+    assert aiosmtpd_backend.wait_messages(delivered[0])
 
 
 @pytest.mark.parametrize("broken", ["key_mismatch", "missing_cert", "syntax_error"])

@@ -736,5 +736,62 @@ def test_s4_postfix_relays_through_tlsfront_with_starttls(outbound, peers, tmp_p
     assert s["messages"] == "1" and s["reason"] in ("quit", "client_closed"), s
 
 
+def _postfix_relaying_to(ob_port, tmp_path):
+    import postfix_backend
+    why = postfix_backend.available()
+    if why:
+        pytest.skip("no private Postfix here: " + why)
+    extra = ("default_transport = smtp\nrelay_transport = smtp\n"
+             "relayhost = [127.0.0.1]:%d\nsmtp_tls_security_level = none\n"
+             "smtp_helo_name = legacy.postfix.test\n" % ob_port)
+    return postfix_backend.PostfixBackend(extra_main=extra,
+                                          keep_log_to=str(tmp_path / "postfix.maillog"))
+
+
+def _submit_to(pf):
+    with smtplib.SMTP(HOST, pf.port, timeout=IO_TIMEOUT) as s:
+        s.ehlo("submitter.test")
+        s.sendmail("a@postfix.test", ["b@peer.test"], MSG)
+
+
+def test_s4_3_postfix_negotiated_delivers_in_plaintext_without_starttls(outbound, peers,
+                                                                         tmp_path):
+    """Issue 5, done when: a real Postfix relaying through tlsfront delivers in
+    plaintext to a peer without STARTTLS under "negotiated"."""
+    peer = peers("plain")
+    ob = outbound(peer.port, "negotiated")
+    pf = _postfix_relaying_to(ob.port, tmp_path)
+    try:
+        _submit_to(pf)
+        assert peer.wait_messages(1, timeout=30), pf.log_text()[-4000:]
+        pf.wait_log(r"relay=127\.0\.0\.1\[127\.0\.0\.1\]:%d.*status=sent" % ob.port, 30)
+    finally:
+        pf.stop()
+    assert b"hello outbound" in peer.handler.messages[0]["content"]
+    s = ob.summary()[0]
+    assert s["tls"] == "none" and s["messages"] == "1", s
+    assert "event=outbound_no_starttls" in ob.tf.log_text()
+
+
+def test_s4_3_postfix_required_keeps_the_message_queued(outbound, peers, tmp_path):
+    """Issue 5, done when: under "required" a peer without STARTTLS gets
+    nothing: the 421 4.7.0 makes Postfix defer the message, which stays in its
+    queue for a later try."""
+    peer = peers("plain")
+    ob = outbound(peer.port, "required")
+    pf = _postfix_relaying_to(ob.port, tmp_path)
+    try:
+        _submit_to(pf)
+        pf.wait_log(r"status=deferred.*421 4\.7\.0", 30)
+        queue = subprocess.run(["postqueue", "-c", pf.dir, "-p"], capture_output=True,
+                               text=True, timeout=30)
+        assert "b@peer.test" in queue.stdout, queue.stdout + queue.stderr
+    finally:
+        pf.stop()
+    assert not peer.handler.messages
+    s = ob.summary()[0]
+    assert s["reason"] == "policy" and s["messages"] == "0", s
+
+
 if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--netns-child":
     _netns_child(*sys.argv[2:])
