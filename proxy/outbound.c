@@ -12,7 +12,6 @@
  * plaintext after its 220 to STARTTLS to anyone. Never frees a session
  * outside the last close callback.
  */
-#include "proxy/stream_write.h"
 #include "proxy/outbound.h"
 
 #include <errno.h>
@@ -24,6 +23,7 @@
 #include <netinet/in.h>
 
 #include "proxy/conn_limits.h"
+#include "proxy/endpoint.h"
 #include "policy/outbound_policy.h"
 #include "proxy/log.h"
 
@@ -68,10 +68,7 @@ static void free_outbound(struct outbound *s)
 		conn_limits_release((struct sockaddr *)&s->legacy_ss);
 	outbound_nego_free(&s->nego);
 	smtp_machine_free(&s->machine);
-	if (s->tls) {
-		tls_io_free(s->tls);
-		free(s->tls);
-	}
+	endpoint_free_tls(&s->peer_ep);
 	app_unref(s->app);
 	free(s);
 	worker_session_ended(w);
@@ -106,10 +103,11 @@ static void log_summary(struct outbound *s)
 		"event=session id=%s listener=outbound client=%s peer=%s tls=%s cipher=%s sni=%s "
 		"user=none verified=%s fallback=%s messages=%u bytes_in=%llu bytes_out=%llu "
 		"duration=%.3f reason=%s",
-		s->id, s->legacy_addr, s->peer_addr, tls_io_version(s->tls), tls_io_cipher(s->tls),
-		log_value(sni_value, sizeof(sni_value), s->sni), s->verified ? "yes" : "no",
-		s->fallback ? "yes" : "no", messages, (unsigned long long)s->bytes_in,
-		(unsigned long long)s->bytes_out, duration, smtp_close_reason_name(s->reason));
+		s->id, s->legacy_addr, s->peer_addr, tls_io_version(s->peer_ep.tls),
+		tls_io_cipher(s->peer_ep.tls), log_value(sni_value, sizeof(sni_value), s->sni),
+		s->verified ? "yes" : "no", s->fallback ? "yes" : "no", messages,
+		(unsigned long long)s->bytes_in, (unsigned long long)s->bytes_out, duration,
+		smtp_close_reason_name(s->reason));
 }
 
 static void legacy_shutdown_cb(uv_shutdown_t *req, int status)
@@ -191,12 +189,10 @@ static void write_done(void *owner, uv_stream_t *st, int status)
 	outbound_step(s);
 }
 
-/* Takes ownership of data (malloc'd). */
-static void write_to(struct outbound *s, uv_stream_t *st, char *data, size_t len)
+/* A write to st could not start (rc from endpoint_write or endpoint_send). */
+static void write_failed(struct outbound *s, uv_stream_t *st, int rc)
 {
 	bool to_legacy = st == legacy_stream(s);
-	size_t *inflight = to_legacy ? &s->legacy_inflight : &s->peer_inflight;
-	int rc = stream_write(st, data, len, inflight, s, write_done);
 	if (rc == UV_ENOMEM)
 		outbound_close(s, CLOSE_ERROR);
 	else if (rc != 0 && to_legacy)
@@ -205,21 +201,26 @@ static void write_to(struct outbound *s, uv_stream_t *st, char *data, size_t len
 		peer_lost(s);
 }
 
+/* Takes ownership of data (malloc'd). */
+static void write_to(struct outbound *s, struct endpoint *e, char *data, size_t len)
+{
+	write_failed(s, e->stream, endpoint_write(e, data, len, s, write_done));
+}
+
 static void send_legacy(struct outbound *s, char *data, size_t len)
 {
 	s->bytes_out += len;
-	write_to(s, legacy_stream(s), data, len);
+	write_to(s, &s->legacy_ep, data, len);
 }
 
 static void flush_tls(struct outbound *s)
 {
-	size_t len;
-	char *data = buf_take(&s->tls->out, &len);
 	if (s->peer_gone) {
-		free(data);
+		size_t len;
+		free(buf_take(&s->peer_ep.tls->out, &len));
 		return;
 	}
-	write_to(s, peer_stream(s), data, len);
+	write_failed(s, peer_stream(s), endpoint_flush_tls(&s->peer_ep, s, write_done));
 }
 
 /* Plaintext for the peer: through TLS once it runs. */
@@ -229,23 +230,14 @@ static void send_peer(struct outbound *s, char *data, size_t len)
 		free(data);
 		return;
 	}
-	if (!s->tls) {
-		write_to(s, peer_stream(s), data, len);
-		return;
-	}
-	if (!s->tls->established) {
-		free(data); /* nothing plaintext may cross a TLS handshake */
-		return;
-	}
-	int rc = tls_io_send(s->tls, data, len);
-	free(data);
-	if (rc != TLSIO_OK) {
+	int rc = endpoint_send(&s->peer_ep, data, len, s, write_done);
+	if (rc == ENDPOINT_TLS_FAILED) {
 		log_msg(TF_LOG_WARN, "event=tls_error id=%s peer=%s error=\"%s\"", s->id,
-			s->peer_addr, s->tls->error);
+			s->peer_addr, s->peer_ep.tls->error);
 		peer_lost(s);
 		return;
 	}
-	flush_tls(s);
+	write_failed(s, peer_stream(s), rc);
 }
 
 /* ---- timer ------------------------------------------------------------- */
@@ -293,13 +285,13 @@ static void tls_failed(struct outbound *s)
 
 static void do_handshake(struct outbound *s)
 {
-	int rc = tls_io_handshake(s->tls);
+	int rc = tls_io_handshake(s->peer_ep.tls);
 	flush_tls(s);
 	if (s->closing || rc == TLSIO_AGAIN)
 		return;
 	if (rc == TLSIO_ERROR) {
 		log_msg(TF_LOG_INFO, "event=tls_error id=%s peer=%s error=\"%s\"", s->id,
-			s->peer_addr, s->tls->error);
+			s->peer_addr, s->peer_ep.tls->error);
 		tls_failed(s);
 		return;
 	}
@@ -307,7 +299,7 @@ static void do_handshake(struct outbound *s)
 	s->verified = outbound_policy_verifies(s->app->cfg.outbound.tls);
 	char sni_value[300];
 	log_msg(TF_LOG_INFO, "event=tls id=%s peer=%s tls=%s cipher=%s sni=%s verified=%s", s->id,
-		s->peer_addr, tls_io_version(s->tls), tls_io_cipher(s->tls),
+		s->peer_addr, tls_io_version(s->peer_ep.tls), tls_io_cipher(s->peer_ep.tls),
 		log_value(sni_value, sizeof(sni_value), s->sni), s->verified ? "yes" : "no");
 	arm_timer(s, s->app->cfg.limits.idle_timeout);
 	outbound_nego_tls_established(&s->nego);
@@ -319,15 +311,12 @@ static void begin_tls(struct outbound *s)
 {
 	bool verify = outbound_policy_verifies(s->app->cfg.outbound.tls);
 	const char *name = s->host[0] ? s->host : NULL;
-	s->tls = calloc(1, sizeof(*s->tls));
-	if (!s->tls || tls_io_init_client(s->tls, s->app->creds, name, verify) != TLSIO_OK) {
+	s->peer_ep.tls = calloc(1, sizeof(*s->peer_ep.tls));
+	if (!s->peer_ep.tls ||
+	    tls_io_init_client(s->peer_ep.tls, s->app->creds, name, verify) != TLSIO_OK) {
 		log_msg(TF_LOG_ERROR, "event=tls_error id=%s error=\"cannot start TLS: %s\"", s->id,
-			s->tls ? s->tls->error : "out of memory");
-		if (s->tls) {
-			tls_io_free(s->tls);
-			free(s->tls);
-			s->tls = NULL;
-		}
+			s->peer_ep.tls ? s->peer_ep.tls->error : "out of memory");
+		endpoint_free_tls(&s->peer_ep);
 		s->handshaking = true;
 		tls_failed(s);
 		return;
@@ -344,7 +333,7 @@ static void begin_tls(struct outbound *s)
 
 static bool peer_backlogged(struct outbound *s)
 {
-	return s->peer_connected && !s->peer_gone && s->peer_inflight > OUTBOUND_MAX_IN_FLIGHT;
+	return s->peer_connected && !s->peer_gone && s->peer_ep.inflight > OUTBOUND_MAX_IN_FLIGHT;
 }
 
 static bool legacy_wanted(struct outbound *s)
@@ -359,7 +348,7 @@ static bool legacy_wanted(struct outbound *s)
 static bool peer_wanted(struct outbound *s)
 {
 	return !s->closing && s->peer_connected && !s->peer_gone &&
-	       (s->handshaking || s->legacy_inflight <= OUTBOUND_MAX_IN_FLIGHT);
+	       (s->handshaking || s->legacy_ep.inflight <= OUTBOUND_MAX_IN_FLIGHT);
 }
 
 /* Peer plaintext (from the socket, or decrypted): nego first, then the
@@ -378,32 +367,43 @@ static void peer_plain(struct outbound *s, const char *p, size_t n)
 	outbound_step(s);
 }
 
+static bool pump_wanted(void *owner)
+{
+	return peer_wanted(owner);
+}
+
+static void pump_records(void *owner, const char *p, size_t n)
+{
+	peer_plain(owner, p, n);
+}
+
+static void pump_renegotiation_refused(void *owner)
+{
+	flush_tls(owner);
+}
+
+static void pump_ended(void *owner, int why)
+{
+	struct outbound *s = owner;
+	if (why == TLSIO_ERROR)
+		log_msg(TF_LOG_INFO, "event=tls_error id=%s peer=%s error=\"%s\"", s->id,
+			s->peer_addr, s->peer_ep.tls->error);
+	peer_lost(s);
+	outbound_step(s);
+}
+
+static const struct endpoint_pump_ops peer_pump_ops = {
+    .wanted = pump_wanted,
+    .records = pump_records,
+    .renegotiation_refused = pump_renegotiation_refused,
+    .ended = pump_ended,
+};
+
+/* Decrypts what the peer sent, feeding nego or the machine, while wanted. */
 static void pump_tls(struct outbound *s)
 {
-	struct worker *w = s->worker;
-	if (s->pumping)
-		return;
-	s->pumping = true;
-	while (s->tls && s->tls->established && peer_wanted(s)) {
-		ssize_t n = tls_io_recv(s->tls, w->plain_buf, sizeof(w->plain_buf));
-		if (n == TLSIO_AGAIN)
-			break;
-		if (s->tls->renegotiation_refused) {
-			s->tls->renegotiation_refused = false;
-			flush_tls(s);
-		}
-		if (n == TLSIO_EOF || n == TLSIO_ERROR) {
-			if (n == TLSIO_ERROR)
-				log_msg(TF_LOG_INFO, "event=tls_error id=%s peer=%s error=\"%s\"",
-					s->id, s->peer_addr, s->tls->error);
-			peer_lost(s);
-			outbound_step(s);
-			break;
-		}
-		if (n > 0)
-			peer_plain(s, w->plain_buf, (size_t)n);
-	}
-	s->pumping = false;
+	endpoint_pump(&s->peer_ep, s->worker->plain_buf, sizeof(s->worker->plain_buf),
+		      &peer_pump_ops, s);
 }
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
@@ -445,11 +445,11 @@ static void peer_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 		outbound_step(s);
 		return;
 	}
-	if (!s->tls) {
+	if (!s->peer_ep.tls) {
 		peer_plain(s, b->base, (size_t)nread);
 		return;
 	}
-	if (!tls_io_feed(s->tls, b->base, (size_t)nread)) {
+	if (!tls_io_feed(s->peer_ep.tls, b->base, (size_t)nread)) {
 		outbound_close(s, CLOSE_ERROR);
 		return;
 	}
@@ -460,22 +460,11 @@ static void peer_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	outbound_step(s);
 }
 
-static void set_reading(uv_stream_t *st, bool *reading, bool want, uv_read_cb cb)
-{
-	if (want == *reading)
-		return;
-	if (want)
-		uv_read_start(st, alloc_cb, cb);
-	else
-		uv_read_stop(st);
-	*reading = want;
-}
-
 static void update_reads(struct outbound *s)
 {
-	set_reading(legacy_stream(s), &s->legacy_reading, legacy_wanted(s), legacy_read_cb);
+	endpoint_set_reading(&s->legacy_ep, legacy_wanted(s), alloc_cb, legacy_read_cb);
 	if (s->peer_connected && !s->peer_gone)
-		set_reading(peer_stream(s), &s->peer_reading, peer_wanted(s), peer_read_cb);
+		endpoint_set_reading(&s->peer_ep, peer_wanted(s), alloc_cb, peer_read_cb);
 }
 
 /* ---- the strategy step ------------------------------------------------- */
@@ -485,15 +474,11 @@ static void reconnect(struct outbound *s)
 {
 	if (s->peer_open[s->cur])
 		close_handle((uv_handle_t *)&s->peer[s->cur]);
-	if (s->tls) {
-		tls_io_free(s->tls);
-		free(s->tls);
-		s->tls = NULL;
-	}
+	endpoint_free_tls(&s->peer_ep);
 	snprintf(s->sni, sizeof(s->sni), "none");
 	s->handshaking = false;
 	s->peer_connected = false;
-	s->peer_reading = false;
+	s->peer_ep.reading = false;
 	s->verified = false;
 	s->fallback = true;
 	s->cur = 1;
@@ -595,7 +580,7 @@ static void outbound_step(struct outbound *s)
 	if (s->machine.messages != s->logged_messages) {
 		s->logged_messages = s->machine.messages;
 		log_msg(TF_LOG_INFO, "event=delivered id=%s peer=%s tls=%s message=%u", s->id,
-			s->peer_addr, tls_io_version(s->tls), s->machine.messages);
+			s->peer_addr, tls_io_version(s->peer_ep.tls), s->machine.messages);
 	}
 	if (a->progress && !s->handshaking)
 		arm_timer(s, s->app->cfg.limits.idle_timeout);
@@ -607,7 +592,8 @@ static void outbound_step(struct outbound *s)
 		return;
 	}
 	update_reads(s);
-	if (s->tls && s->tls->established && peer_wanted(s) && tls_io_pending(s->tls))
+	if (s->peer_ep.tls && s->peer_ep.tls->established && peer_wanted(s) &&
+	    tls_io_pending(s->peer_ep.tls))
 		pump_tls(s);
 }
 
@@ -640,6 +626,7 @@ static void connect_peer(struct outbound *s)
 	unsigned i = s->cur;
 	uv_tcp_init(&s->worker->loop, &s->peer[i]);
 	s->peer[i].data = s;
+	s->peer_ep.stream = (uv_stream_t *)&s->peer[i];
 	s->peer_open[i] = true;
 	s->open_handles++;
 	s->connect_req[i].data = s;
@@ -805,6 +792,7 @@ void outbound_accept(struct listener *l)
 	snprintf(s->id, sizeof(s->id), "o%lx", atomic_fetch_add(&outbound_counter, 1) + 1);
 	uv_tcp_init(&w->loop, &s->legacy);
 	s->legacy.data = s;
+	s->legacy_ep.stream = legacy_stream(s);
 	s->open_handles++;
 	uv_timer_init(&w->loop, &s->timer);
 	s->timer.data = s;

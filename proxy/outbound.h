@@ -12,8 +12,15 @@
  *                           its close callback runs (a pending getaddrinfo
  *                           counts too); the last one frees. peer[1] is the
  *                           plaintext retry of "negotiated".
+ *   legacy_ep, peer_ep      the two sides (endpoint.h): legacy_ep.stream
+ *                           points at legacy, peer_ep.stream at the live
+ *                           peer[cur] once it is connecting; peer_ep.tls is
+ *                           owned (NULL until the peer's 220 to STARTTLS,
+ *                           freed again by the plaintext retry) and freed
+ *                           with the session; legacy_ep.tls stays NULL.
+ *                           peer_ep.inflight counts writes to both peer
+ *                           handles.
  *   nego, machine           owned; freed with the session.
- *   tls                     owned (NULL until the peer's 220 to STARTTLS).
  *   app                     one reference to the generation the session
  *                           started with, dropped when it is freed.
  */
@@ -24,9 +31,9 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "proxy/endpoint.h"
 #include "proxy/smtp/outbound_nego.h"
 #include "proxy/smtp/smtp_machine.h"
-#include "proxy/tls_io.h"
 #include "proxy/worker.h"
 
 struct outbound {
@@ -45,7 +52,7 @@ struct outbound {
 
 	struct outbound_nego nego;
 	struct smtp_machine machine;
-	struct tls_io *tls;
+	struct endpoint legacy_ep, peer_ep;
 	struct app *app;
 
 	bool spliced; /* nego done: the smtp_machine runs the dialogue */
@@ -54,9 +61,6 @@ struct outbound {
 	bool peer_gone;
 	bool handshaking;
 	bool closing;
-	bool pumping;
-	bool legacy_reading;
-	bool peer_reading;
 	bool fallback;
 	bool verified;
 	bool admitted;
@@ -69,8 +73,7 @@ struct outbound {
 	char sni[256];	/* the name sent, "none" */
 	struct sockaddr_storage legacy_ss;
 	struct sockaddr_storage dest;
-	uint64_t bytes_in, bytes_out;	       /* to and from the legacy server (§7.5) */
-	size_t legacy_inflight, peer_inflight; /* written, not yet called back */
+	uint64_t bytes_in, bytes_out; /* to and from the legacy server (§7.5) */
 	unsigned logged_messages;
 	uint64_t start_ms;
 };

@@ -20,9 +20,9 @@
 #include <sys/un.h>
 
 #include "proxy/conn_limits.h"
+#include "proxy/endpoint.h"
 #include "proxy/log.h"
 #include "proxy/proxy_protocol.h"
-#include "proxy/stream_write.h"
 
 #define SESSION_MAX_IN_FLIGHT (256 * 1024)
 #define SESSION_LINGER_MS     10000 /* how long a closing client may take to drain */
@@ -61,10 +61,7 @@ static void free_session(struct session *s)
 	if (s->admitted)
 		conn_limits_release((struct sockaddr *)&s->peer);
 	smtp_machine_free(&s->machine);
-	if (s->tls) {
-		tls_io_free(s->tls);
-		free(s->tls);
-	}
+	endpoint_free_tls(&s->client_ep);
 	app_unref(s->app);
 	free(s);
 	worker_session_ended(w);
@@ -92,14 +89,14 @@ static void close_backend(struct session *s)
 static void log_summary(struct session *s)
 {
 	char sni[300] = "none", sni_value[310];
-	if (s->tls)
-		tls_io_sni(s->tls, sni, sizeof(sni));
+	if (s->client_ep.tls)
+		tls_io_sni(s->client_ep.tls, sni, sizeof(sni));
 	double duration = (double)(uv_now(&s->worker->loop) - s->start_ms) / 1000.0;
 	log_msg(TF_LOG_INFO,
 		"event=session id=%s listener=%s client=%s tls=%s cipher=%s sni=%s user=none "
 		"auth=%s messages=%u bytes_in=%llu bytes_out=%llu duration=%.3f reason=%s",
 		s->id, s->kind == LISTENER_TLS ? "tls" : "tcp", s->client_addr,
-		tls_io_version(s->tls), tls_io_cipher(s->tls),
+		tls_io_version(s->client_ep.tls), tls_io_cipher(s->client_ep.tls),
 		log_value(sni_value, sizeof(sni_value), sni),
 		s->machine.authenticated ? "yes" : "no", s->machine.messages,
 		(unsigned long long)s->bytes_in, (unsigned long long)s->bytes_out, duration,
@@ -121,7 +118,7 @@ static void linger_cb(uv_timer_t *t)
 	close_handle((uv_handle_t *)&s->timer);
 }
 
-static void write_to(struct session *s, uv_stream_t *st, char *data, size_t len);
+static void flush_tls(struct session *s);
 
 void session_close(struct session *s, enum smtp_close_reason reason)
 {
@@ -137,11 +134,9 @@ void session_close(struct session *s, enum smtp_close_reason reason)
 		return;
 	}
 	uv_read_stop(client_stream(s));
-	if (s->tls && s->tls->established) {
-		tls_io_bye(s->tls);
-		size_t len;
-		char *data = buf_take(&s->tls->out, &len);
-		write_to(s, client_stream(s), data, len);
+	if (s->client_ep.tls && s->client_ep.tls->established) {
+		tls_io_bye(s->client_ep.tls);
+		flush_tls(s);
 	}
 	/* Let what was written (a 421, a 221) reach the client, then close;
 	 * the timer bounds how long a client that does not read can hold us. */
@@ -181,16 +176,13 @@ static void write_done(void *owner, uv_stream_t *st, int status)
 	session_step(s);
 }
 
-/* Takes ownership of data (malloc'd). */
-static void write_to(struct session *s, uv_stream_t *st, char *data, size_t len)
+/* A write to st could not start (rc from endpoint_write or endpoint_send). */
+static void write_failed(struct session *s, uv_stream_t *st, int rc)
 {
-	bool to_client = st == client_stream(s);
-	size_t *inflight = to_client ? &s->client_inflight : &s->backend_inflight;
-	int rc = stream_write(st, data, len, inflight, s, write_done);
 	if (rc == UV_ENOMEM) {
 		session_close(s, CLOSE_ERROR);
 	} else if (rc != 0) {
-		if (to_client) {
+		if (st == client_stream(s)) {
 			session_close(s, CLOSE_CLIENT_CLOSED);
 		} else {
 			s->backend_gone = true;
@@ -199,27 +191,24 @@ static void write_to(struct session *s, uv_stream_t *st, char *data, size_t len)
 	}
 }
 
+/* Takes ownership of data (malloc'd). */
+static void write_to(struct session *s, struct endpoint *e, char *data, size_t len)
+{
+	write_failed(s, e->stream, endpoint_write(e, data, len, s, write_done));
+}
+
 /* Plaintext for the client: through TLS when the session has it. */
 static void send_client(struct session *s, char *data, size_t len)
 {
 	s->bytes_out += len;
-	if (!s->tls) {
-		write_to(s, client_stream(s), data, len);
-		return;
-	}
-	if (!s->tls->established) {
-		free(data); /* nothing plaintext may cross a TLS handshake */
-		return;
-	}
-	int rc = tls_io_send(s->tls, data, len);
-	free(data);
-	if (rc != TLSIO_OK) {
-		log_msg(TF_LOG_WARN, "event=tls_error id=%s error=\"%s\"", s->id, s->tls->error);
+	int rc = endpoint_send(&s->client_ep, data, len, s, write_done);
+	if (rc == ENDPOINT_TLS_FAILED) {
+		log_msg(TF_LOG_WARN, "event=tls_error id=%s error=\"%s\"", s->id,
+			s->client_ep.tls->error);
 		session_close(s, CLOSE_TLS_ERROR);
 		return;
 	}
-	char *enc = buf_take(&s->tls->out, &len);
-	write_to(s, client_stream(s), enc, len);
+	write_failed(s, client_stream(s), rc);
 }
 
 /* ---- timer ------------------------------------------------------------- */
@@ -259,17 +248,15 @@ static void arm_timer(struct session *s, unsigned seconds)
 
 static void flush_tls(struct session *s)
 {
-	size_t len;
-	char *data = buf_take(&s->tls->out, &len);
-	write_to(s, client_stream(s), data, len);
+	write_failed(s, client_stream(s), endpoint_flush_tls(&s->client_ep, s, write_done));
 }
 
 static void begin_tls(struct session *s)
 {
-	s->tls = calloc(1, sizeof(*s->tls));
-	if (!s->tls || tls_io_init(s->tls, s->app->creds) != TLSIO_OK) {
+	s->client_ep.tls = calloc(1, sizeof(*s->client_ep.tls));
+	if (!s->client_ep.tls || tls_io_init(s->client_ep.tls, s->app->creds) != TLSIO_OK) {
 		log_msg(TF_LOG_ERROR, "event=tls_error id=%s error=\"cannot start TLS: %s\"", s->id,
-			s->tls ? s->tls->error : "out of memory");
+			s->client_ep.tls ? s->client_ep.tls->error : "out of memory");
 		session_close(s, CLOSE_TLS_ERROR);
 		return;
 	}
@@ -279,7 +266,7 @@ static void begin_tls(struct session *s)
 
 static void do_handshake(struct session *s)
 {
-	int rc = tls_io_handshake(s->tls);
+	int rc = tls_io_handshake(s->client_ep.tls);
 	flush_tls(s);
 	if (s->closing)
 		return;
@@ -287,17 +274,17 @@ static void do_handshake(struct session *s)
 		return;
 	if (rc == TLSIO_ERROR) {
 		log_msg(TF_LOG_INFO, "event=tls_error id=%s client=%s error=\"%s\"", s->id,
-			s->client_addr, s->tls->error);
+			s->client_addr, s->client_ep.tls->error);
 		session_close(s, CLOSE_TLS_ERROR);
 		return;
 	}
 	s->handshaking = false;
 	char sni[300] = "none", sni_value[310];
-	tls_io_sni(s->tls, sni, sizeof(sni));
+	tls_io_sni(s->client_ep.tls, sni, sizeof(sni));
 	log_msg(TF_LOG_INFO, "event=tls id=%s tls=%s cipher=%s sni=%s resumed=%s", s->id,
-		tls_io_version(s->tls), tls_io_cipher(s->tls),
+		tls_io_version(s->client_ep.tls), tls_io_cipher(s->client_ep.tls),
 		log_value(sni_value, sizeof(sni_value), sni),
-		tls_io_resumed(s->tls) ? "yes" : "no");
+		tls_io_resumed(s->client_ep.tls) ? "yes" : "no");
 	if (s->kind == LISTENER_TLS) {
 		/* §3.1: on the TLS port the handshake comes first, then the
 		 * backend. */
@@ -313,7 +300,7 @@ static void do_handshake(struct session *s)
 static bool backend_backlogged(struct session *s)
 {
 	return s->backend_connected && !s->backend_gone &&
-	       s->backend_inflight > SESSION_MAX_IN_FLIGHT;
+	       s->backend_ep.inflight > SESSION_MAX_IN_FLIGHT;
 }
 
 static bool client_wanted(struct session *s)
@@ -325,39 +312,49 @@ static bool client_wanted(struct session *s)
 	return smtp_machine_wants_client_input(&s->machine) && !backend_backlogged(s);
 }
 
+static bool pump_wanted(void *owner)
+{
+	return client_wanted(owner);
+}
+
+static void pump_records(void *owner, const char *p, size_t n)
+{
+	struct session *s = owner;
+	s->bytes_in += (uint64_t)n;
+	smtp_machine_feed_client(&s->machine, p, n);
+	session_step(s);
+}
+
+static void pump_renegotiation_refused(void *owner)
+{
+	struct session *s = owner;
+	log_msg(TF_LOG_INFO, "event=tls_renegotiation_refused id=%s", s->id);
+	flush_tls(s);
+}
+
+static void pump_ended(void *owner, int why)
+{
+	struct session *s = owner;
+	if (why == TLSIO_EOF) {
+		session_close(s, CLOSE_CLIENT_CLOSED);
+		return;
+	}
+	log_msg(TF_LOG_INFO, "event=tls_error id=%s error=\"%s\"", s->id, s->client_ep.tls->error);
+	session_close(s, CLOSE_TLS_ERROR);
+}
+
+static const struct endpoint_pump_ops client_pump_ops = {
+    .wanted = pump_wanted,
+    .records = pump_records,
+    .renegotiation_refused = pump_renegotiation_refused,
+    .ended = pump_ended,
+};
+
 /* Decrypts what is waiting, feeding the machine, while it wants input. */
 static void pump_tls(struct session *s)
 {
-	struct worker *w = s->worker;
-	if (s->pumping)
-		return;
-	s->pumping = true;
-	while (s->tls && s->tls->established && client_wanted(s)) {
-		ssize_t n = tls_io_recv(s->tls, w->plain_buf, sizeof(w->plain_buf));
-		if (n == TLSIO_AGAIN)
-			break;
-		if (s->tls->renegotiation_refused) {
-			s->tls->renegotiation_refused = false;
-			log_msg(TF_LOG_INFO, "event=tls_renegotiation_refused id=%s", s->id);
-			flush_tls(s);
-		}
-		if (n == TLSIO_EOF) {
-			session_close(s, CLOSE_CLIENT_CLOSED);
-			break;
-		}
-		if (n == TLSIO_ERROR) {
-			log_msg(TF_LOG_INFO, "event=tls_error id=%s error=\"%s\"", s->id,
-				s->tls->error);
-			session_close(s, CLOSE_TLS_ERROR);
-			break;
-		}
-		if (n > 0) {
-			s->bytes_in += (uint64_t)n;
-			smtp_machine_feed_client(&s->machine, w->plain_buf, (size_t)n);
-			session_step(s);
-		}
-	}
-	s->pumping = false;
+	endpoint_pump(&s->client_ep, s->worker->plain_buf, sizeof(s->worker->plain_buf),
+		      &client_pump_ops, s);
 }
 
 /* ---- reading ----------------------------------------------------------- */
@@ -371,13 +368,13 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 /* Bytes from the client's socket: to TLS or, in plaintext, to the machine. */
 static void client_bytes(struct session *s, const char *p, size_t n)
 {
-	if (!s->tls) {
+	if (!s->client_ep.tls) {
 		s->bytes_in += n;
 		smtp_machine_feed_client(&s->machine, p, n);
 		session_step(s);
 		return;
 	}
-	if (!tls_io_feed(s->tls, p, n)) {
+	if (!tls_io_feed(s->client_ep.tls, p, n)) {
 		session_close(s, CLOSE_ERROR);
 		return;
 	}
@@ -420,24 +417,13 @@ static void backend_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	session_step(s);
 }
 
-static void set_reading(struct session *s, uv_stream_t *st, bool *reading, bool want, uv_read_cb cb)
-{
-	if (want == *reading)
-		return;
-	if (want)
-		uv_read_start(st, alloc_cb, cb);
-	else
-		uv_read_stop(st);
-	*reading = want;
-}
-
 static void update_reads(struct session *s)
 {
 	bool want_client = client_wanted(s);
 	bool want_backend = !s->closing && s->backend_connected && !s->backend_gone &&
-			    s->client_inflight <= SESSION_MAX_IN_FLIGHT;
-	set_reading(s, client_stream(s), &s->client_reading, want_client, client_read_cb);
-	set_reading(s, backend_stream(s), &s->backend_reading, want_backend, backend_read_cb);
+			    s->client_ep.inflight <= SESSION_MAX_IN_FLIGHT;
+	endpoint_set_reading(&s->client_ep, want_client, alloc_cb, client_read_cb);
+	endpoint_set_reading(&s->backend_ep, want_backend, alloc_cb, backend_read_cb);
 }
 
 /* ---- the strategy step ------------------------------------------------- */
@@ -457,7 +443,7 @@ static void session_step(struct session *s)
 	}
 	data = buf_take(&a->to_backend, &len);
 	if (s->backend_connected && !s->backend_gone)
-		write_to(s, backend_stream(s), data, len);
+		write_to(s, &s->backend_ep, data, len);
 	else
 		free(data);
 	data = buf_take(&a->to_client, &len);
@@ -478,7 +464,7 @@ static void session_step(struct session *s)
 	if (s->machine.messages != s->logged_messages) {
 		s->logged_messages = s->machine.messages;
 		log_msg(TF_LOG_INFO, "event=delivered id=%s client=%s tls=%s message=%u", s->id,
-			s->client_addr, tls_io_version(s->tls), s->machine.messages);
+			s->client_addr, tls_io_version(s->client_ep.tls), s->machine.messages);
 	}
 	if (a->progress && !s->handshaking && s->backend_connected)
 		arm_timer(s, s->app->cfg.limits.idle_timeout);
@@ -495,7 +481,8 @@ static void session_step(struct session *s)
 		begin_tls(s);
 	update_reads(s);
 	/* Records GnuTLS already holds get no socket event: drain them. */
-	if (s->tls && s->tls->established && client_wanted(s) && tls_io_pending(s->tls))
+	if (s->client_ep.tls && s->client_ep.tls->established && client_wanted(s) &&
+	    tls_io_pending(s->client_ep.tls))
 		pump_tls(s);
 }
 
@@ -571,7 +558,7 @@ static bool send_proxy_header(struct session *s)
 		session_step(s);
 		return false;
 	}
-	write_to(s, backend_stream(s), hdr, (size_t)n);
+	write_to(s, &s->backend_ep, hdr, (size_t)n);
 	return !s->closing;
 }
 
@@ -723,6 +710,8 @@ void session_accept(struct listener *l)
 	snprintf(s->id, sizeof(s->id), "%lx", atomic_fetch_add(&session_counter, 1) + 1);
 	uv_tcp_init(&w->loop, &s->client);
 	s->client.data = s;
+	s->client_ep.stream = client_stream(s);
+	s->backend_ep.stream = backend_stream(s);
 	s->open_handles++;
 	uv_timer_init(&w->loop, &s->timer);
 	s->timer.data = s;

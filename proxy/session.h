@@ -11,8 +11,11 @@
  *                           its close callback runs; the last one frees. The
  *                           backend handle exists once backend_open is set
  *                           (on the TLS port, after the handshake).
+ *   client_ep, backend_ep   the two sides (endpoint.h): their streams point
+ *                           at client and backend; client_ep.tls is owned
+ *                           (NULL until STARTTLS or the TLS port) and freed
+ *                           with the session; backend_ep.tls stays NULL.
  *   machine                 owned; freed with the session.
- *   tls                     owned (NULL until STARTTLS or the TLS port).
  *   app                     one reference to the configuration and credentials
  *                           generation, dropped when the session is freed.
  */
@@ -23,9 +26,9 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "proxy/endpoint.h"
 #include "proxy/proxy_protocol.h"
 #include "proxy/smtp/smtp_machine.h"
-#include "proxy/tls_io.h"
 #include "proxy/worker.h"
 
 struct session {
@@ -44,8 +47,9 @@ struct session {
 	uv_timer_t timer;
 	int open_handles;
 
+	struct endpoint client_ep, backend_ep;
+
 	struct smtp_machine machine;
-	struct tls_io *tls;
 	struct app *app; /* the generation this session started with */
 
 	bool backend_open; /* the backend handle was initialised */
@@ -53,9 +57,6 @@ struct session {
 	bool backend_gone; /* closed, failed, or dropped */
 	bool handshaking;  /* client TLS handshake in progress */
 	bool closing;
-	bool pumping; /* inside pump_tls: no re-entry */
-	bool client_reading;
-	bool backend_reading;
 	enum smtp_close_reason reason;
 
 	char client_addr[64];	       /* peer as "ADDR:PORT", for the log */
@@ -66,8 +67,7 @@ struct session {
 	unsigned char pp_buf[PP_HEADER_MAX];
 	size_t pp_len;
 	uint64_t bytes_in, bytes_out;
-	size_t client_inflight, backend_inflight; /* written, not yet called back */
-	unsigned logged_messages;		  /* messages already logged as delivered */
+	unsigned logged_messages; /* messages already logged as delivered */
 	uint64_t start_ms;
 };
 
