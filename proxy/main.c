@@ -240,6 +240,17 @@ static int run(struct runtime *rt)
 		log_msg(TF_LOG_ERROR, "event=error error=\"out of memory\"");
 		return 1;
 	}
+	/* Signals are caught before the first event=listening line: a TERM
+	 * sent by whoever waits for that line is handled (in uv_run, once
+	 * the workers run), never the default action. */
+	uv_loop_t *loop = uv_default_loop();
+	uv_signal_init(loop, &rt->sig_term);
+	uv_signal_init(loop, &rt->sig_int);
+	uv_signal_init(loop, &rt->sig_hup);
+	rt->sig_term.data = rt->sig_int.data = rt->sig_hup.data = rt;
+	uv_signal_start(&rt->sig_term, signal_cb, SIGTERM);
+	uv_signal_start(&rt->sig_int, signal_cb, SIGINT);
+	uv_signal_start(&rt->sig_hup, signal_cb, SIGHUP);
 	rt->n_workers = worker_count(cfg);
 	rt->bound = calloc(3 * TF_MAX_LISTEN, sizeof(*rt->bound));
 	if (!rt->bound)
@@ -263,15 +274,6 @@ static int run(struct runtime *rt)
 		free(kinds);
 		return 1;
 	}
-
-	uv_loop_t *loop = uv_default_loop();
-	uv_signal_init(loop, &rt->sig_term);
-	uv_signal_init(loop, &rt->sig_int);
-	uv_signal_init(loop, &rt->sig_hup);
-	rt->sig_term.data = rt->sig_int.data = rt->sig_hup.data = rt;
-	uv_signal_start(&rt->sig_term, signal_cb, SIGTERM);
-	uv_signal_start(&rt->sig_int, signal_cb, SIGINT);
-	uv_signal_start(&rt->sig_hup, signal_cb, SIGHUP);
 
 	unsigned started = 0;
 	for (unsigned w = 0; w < rt->n_workers; w++) {

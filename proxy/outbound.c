@@ -779,12 +779,7 @@ void outbound_accept(struct listener *l)
 	struct worker *w = l->worker;
 	struct outbound *s = calloc(1, sizeof(*s));
 	if (!s) {
-		uv_tcp_t tmp;
-		if (uv_tcp_init(&w->loop, &tmp) == 0) {
-			if (uv_accept((uv_stream_t *)&l->handle, (uv_stream_t *)&tmp) == 0)
-				log_msg(TF_LOG_ERROR, "event=accept error=\"out of memory\"");
-			uv_close((uv_handle_t *)&tmp, NULL);
-		}
+		worker_drop_connection(l);
 		return;
 	}
 	s->worker = w;

@@ -200,7 +200,9 @@ static void write_to(struct session *s, struct endpoint *e, char *data, size_t l
 /* Plaintext for the client: through TLS when the session has it. */
 static void send_client(struct session *s, char *data, size_t len)
 {
-	s->bytes_out += len;
+	/* §7.5: application bytes the client gets; none cross a handshake. */
+	if (!s->client_ep.tls || s->client_ep.tls->established)
+		s->bytes_out += len;
 	int rc = endpoint_send(&s->client_ep, data, len, s, write_done);
 	if (rc == ENDPOINT_TLS_FAILED) {
 		log_msg(TF_LOG_WARN, "event=tls_error id=%s error=\"%s\"", s->id,
@@ -696,12 +698,7 @@ void session_accept(struct listener *l)
 	struct session *s = calloc(1, sizeof(*s));
 	if (!s) {
 		/* Accept and drop: the client retries. */
-		uv_tcp_t tmp;
-		if (uv_tcp_init(&w->loop, &tmp) == 0) {
-			if (uv_accept((uv_stream_t *)&l->handle, (uv_stream_t *)&tmp) == 0)
-				log_msg(TF_LOG_ERROR, "event=accept error=\"out of memory\"");
-			uv_close((uv_handle_t *)&tmp, NULL);
-		}
+		worker_drop_connection(l);
 		return;
 	}
 	s->worker = w;

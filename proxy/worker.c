@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "proxy/log.h"
@@ -41,6 +42,17 @@ static void finish(struct worker *w)
 		uv_close((uv_handle_t *)&w->reload_async, NULL);
 	if (!uv_is_closing((uv_handle_t *)&w->shutdown_timer))
 		uv_close((uv_handle_t *)&w->shutdown_timer, NULL);
+}
+
+void worker_drop_connection(struct listener *l)
+{
+	/* No memory for a session: take the connection off the queue with a
+	 * plain accept(2) and close it, so the listener keeps going and the
+	 * client retries. Nothing here may allocate. */
+	int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd >= 0)
+		close(fd);
+	log_msg(TF_LOG_ERROR, "event=accept error=\"out of memory\" note=\"connection dropped\"");
 }
 
 void worker_session_ended(struct worker *w)

@@ -61,6 +61,10 @@ void worker_stop(struct worker *w);
 /* Waits for the thread to end and releases the loop. */
 void worker_join(struct worker *w);
 
+/* Accepts and closes one pending connection without allocating (out of
+ * memory for a session). */
+void worker_drop_connection(struct listener *l);
+
 /* Called by a session when it is gone: the worker may now finish. */
 void worker_session_ended(struct worker *w);
 

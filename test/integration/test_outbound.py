@@ -720,7 +720,8 @@ def test_s4_postfix_relays_through_tlsfront_with_starttls(outbound, peers, tmp_p
     pf = postfix_backend.PostfixBackend(extra_main=extra,
                                         keep_log_to=str(tmp_path / "postfix.maillog"))
     try:
-        with smtplib.SMTP(HOST, pf.port, timeout=IO_TIMEOUT) as s:
+        # Postfix's smtpd may be slow to answer on a loaded machine.
+        with smtplib.SMTP(HOST, pf.port, timeout=60) as s:
             s.ehlo("submitter.test")
             s.sendmail("a@postfix.test", ["b@peer.test"], MSG)
         assert peer.wait_messages(1, timeout=30), pf.log_text()[-4000:]
@@ -749,7 +750,8 @@ def _postfix_relaying_to(ob_port, tmp_path):
 
 
 def _submit_to(pf):
-    with smtplib.SMTP(HOST, pf.port, timeout=IO_TIMEOUT) as s:
+    # Postfix's smtpd may be slow to answer on a loaded machine.
+        with smtplib.SMTP(HOST, pf.port, timeout=60) as s:
         s.ehlo("submitter.test")
         s.sendmail("a@postfix.test", ["b@peer.test"], MSG)
 
