@@ -751,7 +751,7 @@ def _postfix_relaying_to(ob_port, tmp_path):
 
 def _submit_to(pf):
     # Postfix's smtpd may be slow to answer on a loaded machine.
-        with smtplib.SMTP(HOST, pf.port, timeout=60) as s:
+    with smtplib.SMTP(HOST, pf.port, timeout=60) as s:
         s.ehlo("submitter.test")
         s.sendmail("a@postfix.test", ["b@peer.test"], MSG)
 
