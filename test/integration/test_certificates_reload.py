@@ -99,7 +99,7 @@ def ops_config(backend_port, tcp_port, *, pairs=(), workers=1, log_level="debug"
     if tls_port is not None:
         tls_listener = 'tls = { enabled = %s; listen = [ "127.0.0.1:%d" ]; };' % (
             "true" if tls_enabled else "false", tls_port)
-    return f"""# written by test_operations.py
+    return f"""# written by test_certificates_reload.py
 server_name = "mx.test";
 workers = {workers};
 backend = {{ address = "127.0.0.1:{backend_port}"; connect_timeout = 5; }};
