@@ -8,7 +8,7 @@
   waits for event=listening, and at teardown stops it and fails the test if
   its log holds a sanitizer report.
 
-The binary is $TLSFRONT_BIN (meson sets it), else /work/main/build/tlsfront.
+The binary is $TLSFRONT_BIN (meson sets it), else build/tlsfront of this checkout.
 """
 import os
 

@@ -22,7 +22,9 @@ SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSani
 
 
 def tlsfront_bin():
-    return os.environ.get("TLSFRONT_BIN") or "/work/main/build/tlsfront"
+    return os.environ.get("TLSFRONT_BIN") or os.path.normpath(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "build",
+                     "tlsfront"))
 
 
 def free_port():
