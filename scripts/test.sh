@@ -2,7 +2,8 @@
 # test.sh — installs what is missing, builds tlsfront twice (plain, and with
 # AddressSanitizer + UndefinedBehaviorSanitizer), runs every suite (unit,
 # layering, integration) in both builds, runs the fuzzers briefly, and ends
-# with the line "N passed, N failed" (counting meson tests and fuzz runs).
+# with the line "N passed, N failed": the cmocka and pytest cases of both
+# builds, the layering check, and one for the fuzz run.
 set -u
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh || exit 1
@@ -17,10 +18,12 @@ try:
     for line in open(sys.argv[1]):
         t = json.loads(line)
         out = t.get("stdout") or ""
+        both = out + (t.get("stderr") or "")
         good = t["result"] in ("OK", "EXPECTEDFAIL", "SKIP")
-        # Count the cases inside a suite: cmocka and pytest summaries.
-        p = sum(int(n) for n in re.findall(r"\[  PASSED  \] (\d+) test", out))
-        f = sum(int(n) for n in re.findall(r"\[  FAILED  \] (\d+) test", out))
+        # Count the cases inside a suite: cmocka writes its summary to
+        # stderr, pytest its closing line to stdout.
+        p = sum(int(n) for n in re.findall(r"\[  PASSED  \] (\d+) test", both))
+        f = sum(int(n) for n in re.findall(r"\[  FAILED  \] (\d+) test", both))
         lines = [l for l in out.splitlines() if re.search(r" in [\d.]+s", l)]
         if lines:
             counts = dict((w, int(n)) for n, w in re.findall(r"(\d+) (\w+)", lines[-1]))
