@@ -38,16 +38,9 @@ def aiosmtpd_backend():
 
 @pytest.fixture
 def raw_backend_factory():
-    made = []
-
-    def make(**kw):
-        b = tfhelpers.RawBackend(**kw)
-        made.append(b)
-        return b
-
+    make = tfhelpers.Makes(tfhelpers.RawBackend)
     yield make
-    for b in made:
-        b.stop()
+    make.stop_all()
 
 
 @pytest.fixture

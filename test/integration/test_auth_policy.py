@@ -35,21 +35,16 @@ MESSAGE = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: auth\r\n\
 
 # ---- the backend --------------------------------------------------------------
 
-class AuthBackend:
+class AuthBackend(tfhelpers.AiosmtpdBackend):
     """aiosmtpd (real, strict) with AUTH LOGIN / PLAIN; accepts alice / s3cret.
     attempts: (mechanism, login bytes, password bytes) of every AUTH the
     backend was asked to check."""
 
     def __init__(self):
-        from aiosmtpd.controller import Controller
-        self.handler = tfhelpers.RecordingHandler()
         self.attempts = []
         self.lock = threading.Lock()
-        self.port = free_port()
-        self.controller = Controller(self.handler, hostname=HOST, port=self.port,
-                                     ready_timeout=10.0, server_hostname="auth.backend",
-                                     authenticator=self._authenticate, auth_require_tls=False)
-        self.controller.start()
+        super().__init__(server_hostname="auth.backend", authenticator=self._authenticate,
+                         auth_require_tls=False)
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data):
         from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -64,16 +59,6 @@ class AuthBackend:
     def attempt_list(self):
         with self.lock:
             return list(self.attempts)
-
-    @property
-    def messages(self):
-        return self.handler.messages
-
-    def wait_messages(self, n, timeout=10.0):
-        return wait_until(lambda: len(self.handler.messages) >= n, timeout)
-
-    def stop(self):
-        self.controller.stop()
 
 
 @pytest.fixture

@@ -421,16 +421,9 @@ def postfix(tmp_path):
 
 @pytest.fixture
 def scripted_factory():
-    made = []
-
-    def make(**kw):
-        b = ScriptedBackend(**kw)
-        made.append(b)
-        return b
-
+    make = tfhelpers.Makes(ScriptedBackend)
     yield make
-    for b in made:
-        b.stop()
+    make.stop_all()
 
 
 @pytest.fixture

@@ -421,6 +421,24 @@ class RawBackend:
             t.join(2)
 
 
+class Makes:
+    """A fixture's factory: make(**kw) builds cls(**kw); stop_all() stops
+    every one made, at teardown."""
+
+    def __init__(self, cls):
+        self.cls = cls
+        self.made = []
+
+    def __call__(self, **kw):
+        obj = self.cls(**kw)
+        self.made.append(obj)
+        return obj
+
+    def stop_all(self):
+        for obj in self.made:
+            obj.stop()
+
+
 # ---- the aiosmtpd backend --------------------------------------------------
 
 class RecordingHandler:
@@ -461,12 +479,16 @@ class RecordingHandler:
 
 
 class AiosmtpdBackend:
-    def __init__(self):
+    """A real, strict aiosmtpd backend recording every message; extra
+    Controller options (an authenticator, ...) go through controller_kw."""
+
+    def __init__(self, server_hostname="aiosmtpd.backend", **controller_kw):
         from aiosmtpd.controller import Controller
         self.handler = RecordingHandler()
         self.port = free_port()
         self.controller = Controller(self.handler, hostname=HOST, port=self.port,
-                                     ready_timeout=10.0, server_hostname="aiosmtpd.backend")
+                                     ready_timeout=10.0, server_hostname=server_hostname,
+                                     **controller_kw)
         self.controller.start()
 
     @property
