@@ -110,25 +110,58 @@ static struct ip_slot *find(const unsigned char ip[16], bool create)
 	return create ? reuse : NULL;
 }
 
+/* Admits ip when both limits allow it; the caller holds the lock. */
+static bool admit_locked(const unsigned char ip[16])
+{
+	if (total >= limit_total)
+		return false;
+	struct ip_slot *s = find(ip, true);
+	if (!s || s->count >= limit_per_ip)
+		return false;
+	if (!s->count)
+		memcpy(s->ip, ip, 16);
+	s->used = true;
+	s->count++;
+	total++;
+	return true;
+}
+
 bool conn_limits_admit(const struct sockaddr *addr)
 {
 	unsigned char ip[16];
 	key_of(addr, ip);
-	bool ok = false;
 	pthread_mutex_lock(&lock);
-	if (total < limit_total) {
-		struct ip_slot *s = find(ip, true);
-		if (s && s->count < limit_per_ip) {
-			if (!s->count)
-				memcpy(s->ip, ip, 16);
-			s->used = true;
-			s->count++;
-			total++;
-			ok = true;
-		}
-	}
+	bool ok = admit_locked(ip);
 	pthread_mutex_unlock(&lock);
 	return ok;
+}
+
+bool conn_limits_hold(void)
+{
+	pthread_mutex_lock(&lock);
+	bool ok = total < limit_total;
+	if (ok)
+		total++;
+	pthread_mutex_unlock(&lock);
+	return ok;
+}
+
+bool conn_limits_admit_held(const struct sockaddr *addr)
+{
+	unsigned char ip[16];
+	key_of(addr, ip);
+	pthread_mutex_lock(&lock);
+	total--; /* the hold ends here, whatever the outcome */
+	bool ok = admit_locked(ip);
+	pthread_mutex_unlock(&lock);
+	return ok;
+}
+
+void conn_limits_unhold(void)
+{
+	pthread_mutex_lock(&lock);
+	total--;
+	pthread_mutex_unlock(&lock);
 }
 
 void conn_limits_release(const struct sockaddr *addr)

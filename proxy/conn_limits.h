@@ -24,4 +24,14 @@ void conn_limits_free(void);
 bool conn_limits_admit(const struct sockaddr *addr);
 void conn_limits_release(const struct sockaddr *addr);
 
+/* A connection whose client address is not known yet (a balancer's PROXY
+ * header is awaited) counts toward max_connections only: conn_limits_hold
+ * returns true when there was room. The hold then ends exactly once, by
+ * conn_limits_admit_held (the header named the client: the hold becomes an
+ * admission of addr when both limits allow it, else it is dropped; returns
+ * whether addr was admitted) or by conn_limits_unhold. */
+bool conn_limits_hold(void);
+bool conn_limits_admit_held(const struct sockaddr *addr);
+void conn_limits_unhold(void);
+
 #endif

@@ -60,6 +60,8 @@ static void free_session(struct session *s)
 		s->next->prev = s->prev;
 	if (s->admitted)
 		conn_limits_release((struct sockaddr *)&s->peer);
+	if (s->held)
+		conn_limits_unhold();
 	smtp_machine_free(&s->machine);
 	endpoint_free_tls(&s->client_ep);
 	app_unref(s->app);
@@ -640,7 +642,11 @@ static void session_begin(struct session *s)
 		xclient_address(&s->peer, mc.xclient_addr, sizeof(mc.xclient_addr),
 				&mc.xclient_port);
 	smtp_machine_init(&s->machine, &mc);
-	s->admitted = conn_limits_admit((struct sockaddr *)&s->peer);
+	/* A connection that held a place while its PROXY header was awaited
+	 * hands that place to the address the header named. */
+	s->admitted = s->held ? conn_limits_admit_held((struct sockaddr *)&s->peer)
+			      : conn_limits_admit((struct sockaddr *)&s->peer);
+	s->held = false;
 	if (!s->admitted)
 		log_msg(TF_LOG_INFO, "event=limit id=%s client=%s", s->id, s->client_addr);
 
@@ -738,6 +744,16 @@ void session_accept(struct listener *l)
 	    l->kind == LISTENER_TLS ? &s->app->cfg.inbound.tls : &s->app->cfg.inbound.tcp;
 	if (lc->proxy_protocol) {
 		address_format((struct sockaddr *)&s->peer, s->client_addr, sizeof(s->client_addr));
+		/* It counts toward max_connections from now on. Over it,
+		 * close without a word: the balancer has not even sent the
+		 * header, and it can try another instance. */
+		s->held = conn_limits_hold();
+		if (!s->held) {
+			log_msg(TF_LOG_INFO, "event=limit id=%s balancer=%s", s->id,
+				s->client_addr);
+			session_close(s, CLOSE_LIMIT);
+			return;
+		}
 		s->awaiting_proxy = true;
 		arm_timer(s, PROXY_HEADER_TIMEOUT);
 		update_reads(s);

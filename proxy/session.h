@@ -63,6 +63,7 @@ struct session {
 	struct sockaddr_storage peer;  /* the client (from a PROXY header if any) */
 	struct sockaddr_storage local; /* where it connected to */
 	bool admitted;		       /* counted by conn_limits */
+	bool held;		       /* holds a place in conn_limits' total */
 	bool awaiting_proxy;	       /* reading a balancer's PROXY header */
 	unsigned char pp_buf[PP_HEADER_MAX];
 	size_t pp_len;

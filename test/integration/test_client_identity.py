@@ -1088,12 +1088,56 @@ def test_s3_1_limits_use_proxy_header_address(tlsfront_factory, raw_backend):
         admitted(pp_v2("198.51.100.10", 5001, "192.0.2.25", 25))
         # Same client address from the header: over the limit.
         refused(pp_v2("198.51.100.9", 5002, "192.0.2.25", 25))
-        # max_connections = 4: a fourth address fits, a fifth does not.
+        # max_connections = 4: a fourth address fits; a fifth connection
+        # is over the total before its header counts (closed unanswered).
         admitted(pp_v1("198.51.100.11", 5003, "192.0.2.25", 25))
-        refused(pp_v1("198.51.100.12", 5004, "192.0.2.25", 25))
+        with Client(tf.port) as fifth:
+            fifth.send(pp_v1("198.51.100.12", 5004, "192.0.2.25", 25))
+            assert closed_silently(fifth, 30)[:2] == (True, b"")
     finally:
         for c in held:
             c.close()
     s = tf.session_of("198.51.100.9:5002")
     assert s["reason"] == "limit", s
-    assert tf.session_of("198.51.100.12:5004")["reason"] == "limit"
+    assert tf.session_of(fifth.local)["reason"] == "limit"
+
+
+def test_s3_1_max_connections_counts_connections_awaiting_header(tlsfront_factory, raw_backend):
+    """A connection still waiting for its PROXY header counts toward
+    max_connections (not toward any address's limit: the balancer's address
+    is not the client's). Over the total it is closed without a reply."""
+    tf = start_front(tlsfront_factory, raw_backend.port, tcp_proxy=True,
+                     max_connections=2, max_connections_per_ip=1)
+    held = [Client(tf.port), Client(tf.port)]  # two silent: both held
+    try:
+        with Client(tf.port) as third:
+            closed, data, _ = closed_silently(third, 30)
+            assert (closed, data) == (True, b"")
+        s = tf.session_of(third.local)
+        assert s["reason"] == "limit" and s["bytes_out"] == "0", s
+        # The first names its client: the hold becomes its admission.
+        held[0].send(pp_v1("198.51.100.20", 5000, "192.0.2.25", 25))
+        assert held[0].read_reply().code == 220
+        # The second goes away: its place is free for a new connection,
+        # whose header names another client (per-IP 1 is per client).
+        held.pop().close()
+        for _ in range(50):  # bounded retry: the close is asynchronous
+            c = Client(tf.port, preamble=pp_v2("198.51.100.21", 5001, "192.0.2.25", 25))
+            try:
+                greeted = c.read_reply().code == 220
+            except (tfhelpers.Closed, OSError):
+                greeted = False
+            if greeted:
+                held.append(c)
+                break
+            c.close()
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the freed place was never given out:\n" + tf.log_text())
+        # Both places taken again: the next connection is refused.
+        with Client(tf.port) as fourth:
+            assert closed_silently(fourth, 30)[:2] == (True, b"")
+        assert tf.session_of(fourth.local)["reason"] == "limit"
+    finally:
+        for c in held:
+            c.close()

@@ -40,6 +40,36 @@ static void test_s3_1_per_ip_limit(void **state)
 	conn_limits_free();
 }
 
+/* A connection awaiting its PROXY header holds a place in the total only;
+ * the header's address then takes it over, or the hold is given back. */
+static void test_s3_1_hold_until_proxy_header(void **state)
+{
+	(void)state;
+	assert_int_equal(conn_limits_init(3, 1), 0);
+	struct sockaddr_in a = v4(4), b = v4(5);
+	assert_true(conn_limits_hold());
+	assert_true(conn_limits_hold()); /* per-IP does not apply to holds */
+	assert_true(conn_limits_admit((struct sockaddr *)&a));
+	assert_false(conn_limits_hold()); /* total 3 reached */
+	assert_false(conn_limits_admit((struct sockaddr *)&b));
+	/* The header names a (already at its limit): the hold is dropped. */
+	assert_false(conn_limits_admit_held((struct sockaddr *)&a));
+	/* The other names b: admitted in the place of the hold. */
+	assert_true(conn_limits_admit_held((struct sockaddr *)&b));
+	assert_true(conn_limits_hold()); /* one place was left free */
+	assert_false(conn_limits_hold());
+	conn_limits_unhold();
+	conn_limits_release((struct sockaddr *)&a);
+	conn_limits_release((struct sockaddr *)&b);
+	/* Everything given back: three holds fit again. */
+	for (int i = 0; i < 3; i++)
+		assert_true(conn_limits_hold());
+	assert_false(conn_limits_hold());
+	for (int i = 0; i < 3; i++)
+		conn_limits_unhold();
+	conn_limits_free();
+}
+
 static void test_s3_1_total_limit_and_v6(void **state)
 {
 	(void)state;
@@ -98,6 +128,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_s3_1_per_ip_limit),
 	    cmocka_unit_test(test_s3_1_total_limit_and_v6),
+	    cmocka_unit_test(test_s3_1_hold_until_proxy_header),
 	    cmocka_unit_test(test_s3_1_churn_over_many_addresses),
 	    cmocka_unit_test(test_s5_reload_changes_limits_keeping_counts),
 	};
