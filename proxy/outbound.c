@@ -89,7 +89,7 @@ static void close_handle(uv_handle_t *h)
 
 static void close_peers(struct outbound *s)
 {
-	for (unsigned i = 0; i < 2; i++)
+	for (unsigned i = 0; i < OUTBOUND_PEER_HANDLES; i++)
 		if (s->peer_open[i])
 			close_handle((uv_handle_t *)&s->peer[i]);
 }
@@ -243,6 +243,7 @@ static void send_peer(struct outbound *s, char *data, size_t len)
 /* ---- timer ------------------------------------------------------------- */
 
 static void tls_failed(struct outbound *s);
+static void peer_connect_failed(struct outbound *s, const char *error);
 
 static void timer_cb(uv_timer_t *t)
 {
@@ -250,9 +251,8 @@ static void timer_cb(uv_timer_t *t)
 	if (s->closing)
 		return;
 	if (!s->peer_connected) {
-		log_msg(TF_LOG_WARN, "event=peer_timeout id=%s next_hop=%s", s->id,
-			s->app->cfg.outbound.next_hop);
-		outbound_nego_peer_unavailable(&s->nego);
+		peer_connect_failed(s, "connection timed out");
+		return;
 	} else if (s->handshaking) {
 		log_msg(TF_LOG_INFO, "event=tls_timeout id=%s peer=%s", s->id, s->peer_addr);
 		tls_failed(s);
@@ -481,7 +481,8 @@ static void reconnect(struct outbound *s)
 	s->peer_ep.reading = false;
 	s->verified = false;
 	s->fallback = true;
-	s->cur = 1;
+	s->retrying = true;
+	s->cur++; /* a fresh handle, to the address that answered */
 	arm_timer(s, s->app->cfg.outbound.connect_timeout);
 	connect_peer(s);
 }
@@ -599,23 +600,41 @@ static void outbound_step(struct outbound *s)
 
 /* ---- start ------------------------------------------------------------- */
 
+/* The peer address being tried did not take the connection (refused,
+ * unreachable, timed out): the next address of the next hop is tried, as
+ * Postfix does; after the last one (and on the plaintext retry, which goes
+ * to the address that answered) the legacy server gets 421 4.4.1. */
+static void peer_connect_failed(struct outbound *s, const char *error)
+{
+	bool next = !s->retrying && s->dest_i + 1 < s->n_dests;
+	log_msg(TF_LOG_WARN, "event=peer_unavailable id=%s peer=%s error=\"%s\"%s", s->id,
+		s->peer_addr, error, next ? " next=address" : "");
+	if (next) {
+		close_handle((uv_handle_t *)&s->peer[s->cur]);
+		s->cur++;
+		s->dest_i++;
+		arm_timer(s, s->app->cfg.outbound.connect_timeout);
+		connect_peer(s);
+		return;
+	}
+	s->peer_gone = true;
+	outbound_nego_peer_unavailable(&s->nego);
+	outbound_step(s);
+}
+
 static void connect_cb(uv_connect_t *req, int status)
 {
 	struct outbound *s = req->data;
 	if (status == UV_ECANCELED || s->closing || req != &s->connect_req[s->cur])
 		return;
 	if (status < 0) {
-		log_msg(TF_LOG_WARN, "event=peer_unavailable id=%s peer=%s error=\"%s\"", s->id,
-			s->peer_addr, uv_strerror(status));
-		s->peer_gone = true;
-		outbound_nego_peer_unavailable(&s->nego);
-		outbound_step(s);
+		peer_connect_failed(s, uv_strerror(status));
 		return;
 	}
 	s->peer_connected = true;
 	s->peer_gone = false;
 	uv_tcp_nodelay(&s->peer[s->cur], 1);
-	if (s->cur == 1)
+	if (s->retrying)
 		outbound_nego_reconnected(&s->nego);
 	arm_timer(s, s->app->cfg.limits.idle_timeout);
 	outbound_step(s);
@@ -624,31 +643,29 @@ static void connect_cb(uv_connect_t *req, int status)
 static void connect_peer(struct outbound *s)
 {
 	unsigned i = s->cur;
+	struct sockaddr *dest = (struct sockaddr *)&s->dests[s->dest_i];
 	uv_tcp_init(&s->worker->loop, &s->peer[i]);
 	s->peer[i].data = s;
 	s->peer_ep.stream = (uv_stream_t *)&s->peer[i];
 	s->peer_open[i] = true;
 	s->open_handles++;
 	s->connect_req[i].data = s;
-	address_format((struct sockaddr *)&s->dest, s->peer_addr, sizeof(s->peer_addr));
-	int rc = uv_tcp_connect(&s->connect_req[i], &s->peer[i], (struct sockaddr *)&s->dest,
-				connect_cb);
-	if (rc != 0) {
-		log_msg(TF_LOG_WARN, "event=peer_unavailable id=%s peer=%s error=\"%s\"", s->id,
-			s->peer_addr, uv_strerror(rc));
-		s->peer_gone = true;
-		outbound_nego_peer_unavailable(&s->nego);
-		outbound_step(s);
-	}
+	address_format(dest, s->peer_addr, sizeof(s->peer_addr));
+	int rc = uv_tcp_connect(&s->connect_req[i], &s->peer[i], dest, connect_cb);
+	if (rc != 0)
+		peer_connect_failed(s, uv_strerror(rc));
 }
 
 static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
 	struct outbound *s = req->data;
 	s->resolving = false;
-	bool ok = status == 0 && res && res->ai_addrlen <= sizeof(s->dest);
-	if (ok)
-		memcpy(&s->dest, res->ai_addr, res->ai_addrlen);
+	s->n_dests = 0;
+	for (struct addrinfo *ai = status == 0 ? res : NULL;
+	     ai && s->n_dests < OUTBOUND_MAX_ADDRESSES; ai = ai->ai_next)
+		if (ai->ai_addrlen <= sizeof(s->dests[0]))
+			memcpy(&s->dests[s->n_dests++], ai->ai_addr, ai->ai_addrlen);
+	bool ok = s->n_dests > 0;
 	uv_freeaddrinfo(res);
 	if (!s->closing && !ok) {
 		log_msg(TF_LOG_WARN, "event=peer_unavailable id=%s next_hop=%s error=\"%s\"", s->id,
@@ -683,14 +700,15 @@ static bool original_destination(struct outbound *s)
 	uv_os_fd_t fd;
 	if (uv_fileno((uv_handle_t *)&s->legacy, &fd) != 0)
 		return false;
-	socklen_t len = sizeof(s->dest);
+	struct sockaddr_storage *dest = &s->dests[0];
+	socklen_t len = sizeof(*dest);
 	struct sockaddr_storage local;
 	socklen_t llen = sizeof(local);
 	if (getsockname(fd, (struct sockaddr *)&local, &llen) != 0)
 		return false;
 	int rc = local.ss_family == AF_INET6
-		     ? getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &s->dest, &len)
-		     : getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &s->dest, &len);
+		     ? getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, dest, &len)
+		     : getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, dest, &len);
 	if (rc != 0) {
 		log_msg(TF_LOG_WARN,
 			"event=peer_unavailable id=%s error=\"no original destination: %s\"", s->id,
@@ -699,13 +717,14 @@ static bool original_destination(struct outbound *s)
 	}
 	/* Without a REDIRECT, conntrack reports our own listener: connecting
 	 * there would loop. */
-	if (same_address(&s->dest, &local)) {
+	if (same_address(dest, &local)) {
 		log_msg(TF_LOG_WARN,
 			"event=peer_unavailable id=%s error=\"no original destination: the "
 			"connection was not redirected\"",
 			s->id);
 		return false;
 	}
+	s->n_dests = 1;
 	return true;
 }
 
@@ -729,8 +748,9 @@ static void start_peer(struct outbound *s)
 		outbound_step(s);
 		return;
 	}
-	struct sockaddr_in *in = (struct sockaddr_in *)&s->dest;
-	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&s->dest;
+	struct sockaddr_in *in = (struct sockaddr_in *)&s->dests[0];
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&s->dests[0];
+	s->n_dests = 1;
 	if (inet_pton(AF_INET, s->host, &in->sin_addr) == 1) {
 		in->sin_family = AF_INET;
 		in->sin_port = htons((uint16_t)port);

@@ -10,8 +10,11 @@
  * Ownership, member by member:
  *   legacy, peer[], timer   libuv handles; each counts in open_handles until
  *                           its close callback runs (a pending getaddrinfo
- *                           counts too); the last one frees. peer[1] is the
- *                           plaintext retry of "negotiated".
+ *                           counts too); the last one frees. peer[cur] is
+ *                           live; an address that refuses the connection
+ *                           moves cur to the next handle and the next of
+ *                           dests[], and so does the plaintext retry of
+ *                           "negotiated" (to the address that answered).
  *   legacy_ep, peer_ep      the two sides (endpoint.h): legacy_ep.stream
  *                           points at legacy, peer_ep.stream at the live
  *                           peer[cur] once it is connecting; peer_ep.tls is
@@ -36,15 +39,20 @@
 #include "proxy/smtp/smtp_machine.h"
 #include "proxy/worker.h"
 
+/* The addresses of a next hop tried in turn, as Postfix tries them. */
+#define OUTBOUND_MAX_ADDRESSES 4
+/* One handle per address, and one for the plaintext retry. */
+#define OUTBOUND_PEER_HANDLES (OUTBOUND_MAX_ADDRESSES + 1)
+
 struct outbound {
 	struct worker *worker;
 	struct outbound *prev, *next; /* the worker's list */
 	char id[20];
 
 	uv_tcp_t legacy;
-	uv_tcp_t peer[2];
+	uv_tcp_t peer[OUTBOUND_PEER_HANDLES];
 	unsigned cur; /* the live peer handle */
-	uv_connect_t connect_req[2];
+	uv_connect_t connect_req[OUTBOUND_PEER_HANDLES];
 	uv_getaddrinfo_t gai;
 	uv_shutdown_t shutdown_req;
 	uv_timer_t timer;
@@ -56,12 +64,13 @@ struct outbound {
 	struct app *app;
 
 	bool spliced; /* nego done: the smtp_machine runs the dialogue */
-	bool peer_open[2];
+	bool peer_open[OUTBOUND_PEER_HANDLES];
 	bool peer_connected;
 	bool peer_gone;
 	bool handshaking;
 	bool closing;
 	bool fallback;
+	bool retrying; /* the plaintext retry of "negotiated" is under way */
 	bool verified;
 	bool admitted;
 	bool resolving; /* gai pending */
@@ -72,7 +81,8 @@ struct outbound {
 	char host[256]; /* the next hop's host ("" for original-destination) */
 	char sni[256];	/* the name sent, "none" */
 	struct sockaddr_storage legacy_ss;
-	struct sockaddr_storage dest;
+	struct sockaddr_storage dests[OUTBOUND_MAX_ADDRESSES];
+	unsigned n_dests, dest_i;     /* dests[dest_i] is being tried or answered */
 	uint64_t bytes_in, bytes_out; /* to and from the legacy server (§7.5) */
 	unsigned logged_messages;
 	uint64_t start_ms;
