@@ -25,6 +25,9 @@ struct app {
 	struct creds *creds;  /* one reference, owned */
 	struct tf_addr backend;
 	bool self_signed;
+	/* Workers yet to take this generation after a reload: the last one
+	 * to take it logs event=reload status=ok (worker.c). */
+	atomic_uint adopt_pending;
 };
 
 /* Loads FILE, its certificates and the backend address into a new

@@ -153,14 +153,13 @@ static void reload(struct runtime *rt)
 		return;
 	}
 	log_set_level(next->cfg.log_level);
+	/* status=ok is logged by the last worker to take the generation: from
+	 * that line on, every new session gets it. */
+	atomic_store(&next->adopt_pending, rt->n_workers);
 	for (unsigned i = 0; i < rt->n_workers; i++)
 		worker_reload(&rt->workers[i], next);
 	app_unref(rt->app);
 	rt->app = next;
-	char fp[128] = "";
-	creds_fingerprint(next->creds, fp, sizeof(fp));
-	log_msg(TF_LOG_INFO, "event=reload status=ok generation=%u certificate_sha256=%s",
-		next->generation, fp);
 }
 
 static void signal_cb(uv_signal_t *h, int signum)

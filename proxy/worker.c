@@ -106,6 +106,14 @@ static void reload_cb(uv_async_t *a)
 		return;
 	app_unref(w->app);
 	w->app = next;
+	/* A generation superseded before every worker took it never gets here
+	 * on all of them: the later one logs its own line. */
+	if (atomic_fetch_sub(&next->adopt_pending, 1) == 1) {
+		char fp[128] = "";
+		creds_fingerprint(next->creds, fp, sizeof(fp));
+		log_msg(TF_LOG_INFO, "event=reload status=ok generation=%u certificate_sha256=%s",
+			next->generation, fp);
+	}
 }
 
 void worker_reload(struct worker *w, struct app *app)
