@@ -1,7 +1,9 @@
-/* credentials.c — one refcounted generation of GnuTLS server credentials:
- * the cert/key pairs (or the self-signed default of SPEC §5), the priority
+/* credentials.c — one refcounted generation of GnuTLS credentials: the
+ * cert/key pairs (or the self-signed default of SPEC §5), the priority
  * cache, the TLS session ticket key, and the per-session set-up that applies
- * them (tickets, ALPN "smtp" of SPEC §5 / §7.7).
+ * them (tickets, ALPN "smtp" of SPEC §5 / §7.7); for the outbound client
+ * side, the trust anchors and the client-certificate choice of SPEC §4.2.6 /
+ * §7.9.
  *
  * A generation is immutable once built and shared read-only by all worker
  * threads; only its reference count changes. Never includes libuv or
@@ -19,16 +21,34 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <gnutls/abstract.h>
 #include <gnutls/x509.h>
 
 #define DEFAULT_PRIORITY "NORMAL"
 
+/* One cert/key pair as the outbound client side presents it: copies of a
+ * pair of the server credentials, made when the generation is built. */
+struct client_pair {
+	gnutls_pcert_st *chain; /* chain_len entries, leaf first; owned */
+	unsigned chain_len;
+	gnutls_privkey_t key;	  /* owned (it owns its x509 key in turn) */
+	gnutls_pk_algorithm_t pk; /* the leaf's public-key algorithm */
+	gnutls_ecc_curve_t curve; /* ECDSA: the leaf's curve; else INVALID */
+};
+
 struct creds {
 	atomic_uint refs;
-	gnutls_certificate_credentials_t cert;
+	gnutls_certificate_credentials_t cert; /* server sessions only */
 	gnutls_priority_t priority;
 	gnutls_datum_t ticket_key; /* secret: wiped before it is freed */
-	bool has_trust;		   /* ca_file loaded: client sessions may verify */
+	/* Client sessions (the outbound peer leg) use their own certificate
+	 * credentials: the trust anchors of "verify" and a retrieve function
+	 * that hands out the pairs below, so that GnuTLS's built-in client
+	 * choice (only a certificate from a CA the peer names) never applies. */
+	gnutls_certificate_credentials_t client;
+	struct client_pair *pairs; /* n_pairs entries, in the listed order */
+	size_t n_pairs;
+	bool has_trust; /* ca_file loaded: client sessions may verify */
 };
 
 static const gnutls_datum_t alpn_smtp = {(unsigned char *)"smtp", 4};
@@ -181,16 +201,16 @@ static bool load_priority(struct creds *c, const char *priority, char *err, size
 	return false;
 }
 
-/* Trust anchors for outbound "verify" (SPEC §4.3). They live in the same
- * certificate credentials: a server session never requests a client
- * certificate, so they change nothing inbound. */
+/* Trust anchors for outbound "verify" (SPEC §4.3). They live in the client
+ * credentials only: a server session never requests a client certificate. */
 int creds_load_trust(struct creds *c, const char *ca_file, char *err, size_t errlen)
 {
+	gnutls_certificate_credentials_t cred = c->client;
 	int rc;
 	if (strcmp(ca_file, "system") == 0)
-		rc = gnutls_certificate_set_x509_system_trust(c->cert);
+		rc = gnutls_certificate_set_x509_system_trust(cred);
 	else
-		rc = gnutls_certificate_set_x509_trust_file(c->cert, ca_file, GNUTLS_X509_FMT_PEM);
+		rc = gnutls_certificate_set_x509_trust_file(cred, ca_file, GNUTLS_X509_FMT_PEM);
 	if (rc <= 0) {
 		set_err(err, errlen, "outbound.ca_file %s: no trust anchors loaded: %s", ca_file,
 			rc < 0 ? gnutls_strerror(rc) : "no certificate found");
@@ -200,17 +220,193 @@ int creds_load_trust(struct creds *c, const char *ca_file, char *err, size_t err
 	return 0;
 }
 
+static void client_pair_free(struct client_pair *p)
+{
+	for (unsigned i = 0; i < p->chain_len; i++)
+		gnutls_pcert_deinit(&p->chain[i]);
+	free(p->chain);
+	if (p->key)
+		gnutls_privkey_deinit(p->key);
+}
+
 static void creds_free(struct creds *c)
 {
 	if (c->priority)
 		gnutls_priority_deinit(c->priority);
 	if (c->cert)
 		gnutls_certificate_free_credentials(c->cert);
+	if (c->client)
+		gnutls_certificate_free_credentials(c->client);
+	for (size_t i = 0; i < c->n_pairs; i++)
+		client_pair_free(&c->pairs[i]);
+	free(c->pairs);
 	if (c->ticket_key.data) {
 		gnutls_memset(c->ticket_key.data, 0, c->ticket_key.size);
 		gnutls_free(c->ticket_key.data);
 	}
 	free(c);
+}
+
+/* Copies pair idx of the server credentials (chain and key) into p. */
+static int client_pair_copy(gnutls_certificate_credentials_t cert, unsigned idx,
+			    struct client_pair *p)
+{
+	gnutls_x509_crt_t *crts = NULL;
+	unsigned n_crts = 0;
+	gnutls_x509_privkey_t xkey = NULL;
+	int rc;
+
+	p->curve = GNUTLS_ECC_CURVE_INVALID;
+	if ((rc = gnutls_certificate_get_x509_crt(cert, idx, &crts, &n_crts)) < 0)
+		return rc;
+	if (n_crts == 0)
+		rc = GNUTLS_E_NO_CERTIFICATE_FOUND;
+	else if ((p->chain = calloc(n_crts, sizeof(*p->chain))) == NULL)
+		rc = GNUTLS_E_MEMORY_ERROR;
+	for (unsigned i = 0; rc >= 0 && i < n_crts; i++)
+		if ((rc = gnutls_pcert_import_x509(&p->chain[i], crts[i], 0)) >= 0)
+			p->chain_len++;
+	for (unsigned i = 0; i < n_crts; i++)
+		gnutls_x509_crt_deinit(crts[i]);
+	gnutls_free(crts);
+	if (rc < 0)
+		return rc;
+
+	if ((rc = gnutls_certificate_get_x509_key(cert, idx, &xkey)) < 0)
+		return rc;
+	if ((rc = gnutls_privkey_init(&p->key)) < 0) {
+		p->key = NULL;
+		gnutls_x509_privkey_deinit(xkey);
+		return rc;
+	}
+	/* On success p->key owns xkey and frees it with itself. */
+	rc = gnutls_privkey_import_x509(p->key, xkey, GNUTLS_PRIVKEY_IMPORT_AUTO_RELEASE);
+	if (rc < 0) {
+		gnutls_x509_privkey_deinit(xkey);
+		return rc;
+	}
+
+	p->pk = gnutls_pubkey_get_pk_algorithm(p->chain[0].pubkey, NULL);
+	if (p->pk == GNUTLS_PK_ECDSA &&
+	    (rc = gnutls_pubkey_export_ecc_raw2(p->chain[0].pubkey, &p->curve, NULL, NULL, 0)) < 0)
+		return rc;
+	return 0;
+}
+
+/* TLS 1.3 ties each ECDSA signature algorithm to one curve (RFC 8446
+ * §4.2.3); the TLS 1.2 ones name none. */
+static gnutls_ecc_curve_t sign_curve(gnutls_sign_algorithm_t sign)
+{
+	switch (sign) {
+	case GNUTLS_SIGN_ECDSA_SECP256R1_SHA256:
+		return GNUTLS_ECC_CURVE_SECP256R1;
+	case GNUTLS_SIGN_ECDSA_SECP384R1_SHA384:
+		return GNUTLS_ECC_CURVE_SECP384R1;
+	case GNUTLS_SIGN_ECDSA_SECP521R1_SHA512:
+		return GNUTLS_ECC_CURVE_SECP521R1;
+	default:
+		return GNUTLS_ECC_CURVE_INVALID;
+	}
+}
+
+static bool sign_in_list(unsigned sign, const unsigned *list, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (list[i] == sign)
+			return true;
+	return false;
+}
+
+/* Whether the peer can take p: one of the signature algorithms of its
+ * CertificateRequest, also allowed by our priorities, signs with p's key.
+ * Without that list (before TLS 1.2), the key types it named decide. */
+static bool peer_can_use(const struct creds *c, gnutls_session_t s,
+			 const struct gnutls_cert_retr_st *info, const struct client_pair *p)
+{
+	const unsigned *ours = NULL;
+	int n_ours = gnutls_priority_sign_list(c->priority, &ours);
+	gnutls_sign_algorithm_t sign;
+	bool listed = false;
+
+	for (unsigned i = 0; gnutls_sign_algorithm_get_requested(s, i, &sign) == 0; i++) {
+		listed = true;
+		if (!gnutls_sign_supports_pk_algorithm(sign, p->pk))
+			continue;
+		if (n_ours > 0 && !sign_in_list(sign, ours, n_ours))
+			continue;
+		gnutls_ecc_curve_t curve = sign_curve(sign);
+		if (curve != GNUTLS_ECC_CURVE_INVALID && curve != p->curve)
+			continue;
+		return true;
+	}
+	if (listed)
+		return false;
+	if (info->pk_algos_length == 0)
+		return true;
+	for (unsigned i = 0; i < info->pk_algos_length; i++)
+		if (info->pk_algos[i] == p->pk)
+			return true;
+	return false;
+}
+
+/* The client certificate (SPEC §4.2.6, §7.9): the first listed pair the
+ * peer can use, whatever CAs it names (the CA list is a hint, and a
+ * Postfix/OpenSSL client ignores it too). None usable: an empty Certificate
+ * message, and the peer decides. The pair stays the generation's: flags 0
+ * tells GnuTLS not to free it, and the session's reference on the
+ * generation (creds_client_session) keeps it alive until gnutls_deinit(). */
+static int client_cert_cb(gnutls_session_t s, const struct gnutls_cert_retr_st *info,
+			  gnutls_pcert_st **certs, unsigned *certs_length,
+			  gnutls_ocsp_data_st **ocsp, unsigned *ocsp_length,
+			  gnutls_privkey_t *privkey, unsigned *flags)
+{
+	const struct creds *c = gnutls_session_get_ptr(s);
+
+	*certs = NULL;
+	*certs_length = 0;
+	*ocsp = NULL;
+	*ocsp_length = 0;
+	*privkey = NULL;
+	*flags = 0;
+	if (c == NULL)
+		return 0;
+	for (size_t i = 0; i < c->n_pairs; i++) {
+		struct client_pair *p = &c->pairs[i];
+		if (!peer_can_use(c, s, info, p))
+			continue;
+		*certs = p->chain;
+		*certs_length = p->chain_len;
+		*privkey = p->key;
+		return 0;
+	}
+	return 0;
+}
+
+/* The client credentials: the same pairs as the server's, handed out by
+ * client_cert_cb; trust anchors come later (creds_load_trust). */
+static bool load_client(struct creds *c, size_t n_pairs, char *err, size_t errlen)
+{
+	int rc;
+
+	if ((rc = gnutls_certificate_allocate_credentials(&c->client)) < 0) {
+		c->client = NULL;
+		set_err(err, errlen, "cannot allocate client credentials: %s", gnutls_strerror(rc));
+		return false;
+	}
+	gnutls_certificate_set_retrieve_function3(c->client, client_cert_cb);
+	if ((c->pairs = calloc(n_pairs, sizeof(*c->pairs))) == NULL) {
+		set_err(err, errlen, "out of memory");
+		return false;
+	}
+	for (size_t i = 0; i < n_pairs; i++) {
+		c->n_pairs++; /* creds_free frees what a failed copy left */
+		if ((rc = client_pair_copy(c->cert, (unsigned)i, &c->pairs[i])) < 0) {
+			set_err(err, errlen, "cannot copy certificate %zu for client use: %s",
+				i + 1, gnutls_strerror(rc));
+			return false;
+		}
+	}
+	return true;
 }
 
 struct creds *creds_new(const struct creds_params *params, bool *self_signed, char *err,
@@ -246,6 +442,8 @@ struct creds *creds_new(const struct creds_params *params, bool *self_signed, ch
 	for (size_t i = 0; i < params->n_pairs; i++)
 		if (!load_pair(c->cert, &params->pairs[i], err, errlen))
 			goto fail;
+	if (!load_client(c, made_self_signed ? 1 : params->n_pairs, err, errlen))
+		goto fail;
 	/* RFC 7919 groups for DHE-RSA with TLS 1.2 clients that want it; the
 	 * priority string decides whether DHE is offered at all. */
 	if ((rc = gnutls_certificate_set_known_dh_params(c->cert, GNUTLS_SEC_PARAM_MEDIUM)) < 0) {
@@ -343,8 +541,10 @@ int creds_client_session(struct creds *c, const char *server_name, bool verify,
 		return rc;
 	if ((rc = gnutls_priority_set(s, c->priority)) < 0)
 		goto fail;
-	if ((rc = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, c->cert)) < 0)
+	if ((rc = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, c->client)) < 0)
 		goto fail;
+	/* For client_cert_cb; the caller's reference keeps c alive. */
+	gnutls_session_set_ptr(s, c);
 	if (server_name && !is_address(server_name) &&
 	    (rc = gnutls_server_name_set(s, GNUTLS_NAME_DNS, server_name, strlen(server_name))) < 0)
 		goto fail;

@@ -1,9 +1,12 @@
-/* credentials.h — GnuTLS server credentials as one refcounted generation.
+/* credentials.h — GnuTLS credentials as one refcounted generation.
  *
- * A generation holds the certificate credentials (one or more cert/key pairs,
- * or the in-memory self-signed default of SPEC §5), the priority cache and the
- * TLS 1.3 session ticket key. Sessions take a reference when they start and
- * drop it when they end; a reload (SIGHUP) builds a whole new generation and
+ * A generation holds the server certificate credentials (one or more
+ * cert/key pairs, or the in-memory self-signed default of SPEC §5), the
+ * priority cache, the TLS 1.3 session ticket key, and separate client
+ * certificate credentials for the outbound peer leg: the trust anchors of
+ * "verify" and copies of the same pairs, which the generation owns and lends
+ * to client sessions. Sessions take a reference when they start and drop it
+ * after gnutls_deinit(); a reload (SIGHUP) builds a whole new generation and
  * the old one dies with its last session.
  *
  * Never includes libuv or policy/: the caller passes plain values. Never logs:
@@ -54,12 +57,20 @@ int creds_server_session(struct creds *c, gnutls_session_t *session);
 int creds_load_trust(struct creds *c, const char *ca_file, char *err, size_t errlen);
 
 /* Prepares a new client session for the outbound peer leg (SPEC §4.2):
- * the generation's priorities and certificates (presented when the peer asks
- * for one, §4.2.6), no ALPN (§7.7), SNI = server_name unless it is an IP
- * address (NULL: no name at all). With verify, the handshake fails unless the chain
- * leads to the generation's ca_file and the certificate is for server_name
- * (which must then not be NULL). Returns 0 or a negative GnuTLS error code
- * (GNUTLS_E_NO_CERTIFICATE_FOUND: verify without trust anchors). */
+ * the generation's priorities and client credentials, no ALPN (§7.7), SNI =
+ * server_name unless it is an IP address (NULL: no name at all). With
+ * verify, the handshake fails unless the chain leads to the generation's
+ * ca_file and the certificate is for server_name (which must then not be
+ * NULL). Returns 0 or a negative GnuTLS error code
+ * (GNUTLS_E_NO_CERTIFICATE_FOUND: verify without trust anchors).
+ *
+ * A peer that asks for a client certificate gets the first listed pair
+ * whose key one of its requested signature algorithms can use, whatever CAs
+ * it names (§4.2.6, §7.9); none usable: an empty Certificate message. The
+ * certificate and key stay the generation's, so the caller must hold a
+ * reference on c until it has called gnutls_deinit(*session). The session's
+ * user pointer (gnutls_session_set_ptr) is c, for that choice: the caller
+ * must not change it. */
 int creds_client_session(struct creds *c, const char *server_name, bool verify,
 			 gnutls_session_t *session);
 

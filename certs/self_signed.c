@@ -70,6 +70,9 @@ int self_signed_make(const char *server_name, gnutls_x509_crt_t *crt_out,
 		goto fail;
 	if ((rc = gnutls_x509_crt_set_key_purpose_oid(crt, GNUTLS_KP_TLS_WWW_SERVER, 0)) < 0)
 		goto fail;
+	/* Also a client certificate: shown to outbound peers that ask (§4.2.6). */
+	if ((rc = gnutls_x509_crt_set_key_purpose_oid(crt, GNUTLS_KP_TLS_WWW_CLIENT, 0)) < 0)
+		goto fail;
 	if ((rc = gnutls_x509_crt_get_key_id(crt, 0, key_id, &key_id_size)) < 0)
 		goto fail;
 	if ((rc = gnutls_x509_crt_set_subject_key_id(crt, key_id, key_id_size)) < 0)

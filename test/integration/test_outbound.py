@@ -6,6 +6,8 @@ outbound listener; tlsfront connects to a peer: aiosmtpd with STARTTLS
 STARTTLS, or a raw scripted peer (a broken handshake, a response injection
 after the 220 to STARTTLS). Every cell of the §4.3 table is exercised.
 """
+import ctypes
+import ctypes.util
 import os
 import shutil
 import smtplib
@@ -63,10 +65,20 @@ def pki(tmp_path_factory):
     _openssl("x509", "-req", "-in", "front.csr", "-CA", "testca.pem", "-CAkey", "testca.key",
              "-CAcreateserial", "-out", "front.pem", "-days", "2", "-extfile", "ext_front.cnf",
              cwd=d)
+    # An RSA and an ECDSA pair for tlsfront, each self-signed: from no CA a
+    # peer could name (§4.2.6, §7.9).
+    for name, newkey in (("front_rsa", ["rsa:2048"]),
+                         ("front_ec", ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"])):
+        _openssl("req", "-x509", "-newkey", *newkey, "-nodes", "-keyout", name + ".key",
+                 "-out", name + ".pem", "-days", "2", "-subj", "/CN=out.test",
+                 "-addext", "subjectAltName=DNS:out.test",
+                 "-addext", "extendedKeyUsage=serverAuth,clientAuth", cwd=d)
     return {
         "dir": d,
         "front_cert": os.path.join(d, "front.pem"),
         "front_key": os.path.join(d, "front.key"),
+        "front_rsa": (os.path.join(d, "front_rsa.pem"), os.path.join(d, "front_rsa.key")),
+        "front_ec": (os.path.join(d, "front_ec.pem"), os.path.join(d, "front_ec.key")),
         "ca": os.path.join(d, "testca.pem"),
         "other_ca": os.path.join(d, "otherca.pem"),
         "cert": os.path.join(d, "peer.pem"),
@@ -83,24 +95,103 @@ def server_context(pki, cert="cert"):
 
 # ---- peers ------------------------------------------------------------------
 
-class TlsPeer:
-    """aiosmtpd offering STARTTLS with the test CA's certificate."""
+class OpenSslKnobs:
+    """What Python's ssl module cannot set on a server context, set with
+    ctypes on the SSL_CTX inside an ssl.SSLContext (CPython's PySSLContext
+    keeps it right after the object header): the CA names a CertificateRequest
+    carries (Python sends none)."""
 
-    def __init__(self, pki, starttls=True, cert="cert", client_ca=None):
+    def __init__(self):
+        vp, cp, c_int = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+        self.ssl = ctypes.CDLL(ctypes.util.find_library("ssl") or "libssl.so.3")
+        self.crypto = ctypes.CDLL(ctypes.util.find_library("crypto") or "libcrypto.so.3")
+        self.ssl.OpenSSL_version_num.restype = ctypes.c_ulong
+        # The library the ssl module runs on, not some other one.
+        assert self.ssl.OpenSSL_version_num() == ssl.OPENSSL_VERSION_NUMBER
+        self.ssl.SSL_load_client_CA_file.argtypes = [cp]
+        self.ssl.SSL_load_client_CA_file.restype = vp
+        self.ssl.SSL_CTX_set_client_CA_list.argtypes = [vp, vp]
+        self.ssl.SSL_CTX_set_client_CA_list.restype = None
+        self.ssl.SSL_CTX_get_client_CA_list.argtypes = [vp]
+        self.ssl.SSL_CTX_get_client_CA_list.restype = vp
+        self.crypto.OPENSSL_sk_num.argtypes = [vp]
+        self.crypto.OPENSSL_sk_value.argtypes = [vp, c_int]
+        self.crypto.OPENSSL_sk_value.restype = vp
+        self.crypto.X509_NAME_oneline.argtypes = [vp, cp, c_int]
+        self.crypto.X509_NAME_oneline.restype = cp
+
+    @staticmethod
+    def _ssl_ctx(ctx):
+        return ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+
+    def set_ca_names(self, ctx, pem_file):
+        """Names the subjects of pem_file's certificates; returns the names
+        read back from the context."""
+        names = self.ssl.SSL_load_client_CA_file(pem_file.encode())
+        assert names, pem_file
+        self.ssl.SSL_CTX_set_client_CA_list(self._ssl_ctx(ctx), names)  # takes ownership
+        return self.ca_names(ctx)
+
+    def ca_names(self, ctx):
+        stack = self.ssl.SSL_CTX_get_client_CA_list(self._ssl_ctx(ctx))
+        out = []
+        for i in range(self.crypto.OPENSSL_sk_num(stack) if stack else 0):
+            buf = ctypes.create_string_buffer(512)
+            out.append(self.crypto.X509_NAME_oneline(self.crypto.OPENSSL_sk_value(stack, i),
+                                                     buf, len(buf)).decode())
+        return out
+
+
+
+class CertRecordingHandler(RecordingHandler):
+    """RecordingHandler that also records, per message, the client
+    certificate (DER) of the TLS session it came in on, or None."""
+
+    def __init__(self):
+        super().__init__()
+        self.client_certs = []
+
+    async def handle_DATA(self, server, session, envelope):
+        ssl_object = (session.ssl or {}).get("ssl_object")
+        with self.lock:
+            self.client_certs.append(ssl_object.getpeercert(binary_form=True)
+                                     if ssl_object else None)
+        return await super().handle_DATA(server, session, envelope)
+
+
+class TlsPeer:
+    """aiosmtpd offering STARTTLS with the test CA's certificate.
+
+    client_ca (a file, or a list of them): the peer asks for a client
+    certificate, insists on it, and verifies it against these (trust_client()
+    adds more later). ca_names: a PEM file whose subjects the peer names as
+    the CAs it wants a client certificate from (only with client_ca or
+    trust_client)."""
+
+    def __init__(self, pki, starttls=True, cert="cert", client_ca=None, ca_names=None):
         from aiosmtpd.controller import Controller
-        self.handler = RecordingHandler()
+        self.handler = CertRecordingHandler()
         self.port = tfhelpers.free_port()
+        self.ctx = None
         kw = {}
         if starttls:
-            ctx = server_context(pki, cert)
-            if client_ca:
+            ctx = self.ctx = server_context(pki, cert)
+            if client_ca is not None or ca_names:
                 # The peer asks for a client certificate and insists on it.
                 ctx.verify_mode = ssl.CERT_REQUIRED
-                ctx.load_verify_locations(client_ca)
+                for ca in [client_ca] if isinstance(client_ca, str) else client_ca or []:
+                    ctx.load_verify_locations(ca)
+            if ca_names:
+                names = OpenSslKnobs().set_ca_names(ctx, ca_names)
+                assert names and "/CN=out.test" not in names, names
             kw = {"tls_context": ctx, "require_starttls": False}
         self.controller = Controller(self.handler, hostname=HOST, port=self.port,
                                      ready_timeout=10.0, server_hostname="peer.test", **kw)
         self.controller.start()
+
+    def trust_client(self, pem):
+        """Trusts one more client certificate (PEM text) from now on."""
+        self.ctx.load_verify_locations(cadata=pem)
 
     def wait_messages(self, n, timeout=10.0):
         return tfhelpers.wait_until(lambda: len(self.handler.messages) >= n, timeout)
@@ -225,9 +316,10 @@ def peers(pki):
 # ---- tlsfront with an outbound listener ---------------------------------------
 
 class Outbound:
-    def __init__(self, tf, port):
+    def __init__(self, tf, port, tls_port=None):
         self.tf = tf
         self.port = port
+        self.tls_port = tls_port  # the inbound TLS port, when asked for
 
     def connect(self):
         return SmtpClient(self.port)
@@ -240,19 +332,28 @@ class Outbound:
 @pytest.fixture
 def outbound(tlsfront_factory, pki):
     def start(hop_port, policy, ca=None, host="localhost", next_hop=None,
-              limits="idle_timeout = 30;", own_cert=False):
+              limits="idle_timeout = 30;", own_cert=False, pairs=None, tls_port=False):
+        """own_cert: tls.certificates is the test CA's front.pem; pairs: a
+        list of (cert, key) files instead; neither: the self-signed default.
+        tls_port: also an inbound TLS port, to fetch the certificate from."""
         out_port = tfhelpers.free_port()
         in_port = tfhelpers.free_port()
         dead = tfhelpers.free_port()
         hop = next_hop or "%s:%d" % (host, hop_port)
-        certs = ""
         if own_cert:
-            certs = ('certificates = ( { cert = "%s"; key = "%s"; } );'
-                     % (pki["front_cert"], pki["front_key"]))
+            pairs = [(pki["front_cert"], pki["front_key"])]
+        certs = ""
+        if pairs:
+            certs = "certificates = ( %s );" % ", ".join(
+                '{ cert = "%s"; key = "%s"; }' % pair for pair in pairs)
+        tls_in = ""
+        if tls_port:
+            tls_port = tfhelpers.free_port()
+            tls_in = f' tls = {{ enabled = true; listen = [ "127.0.0.1:{tls_port}" ]; }};'
         text = f"""server_name = "out.test";
 workers = 1;
 backend = {{ address = "127.0.0.1:{dead}"; }};
-inbound = {{ tcp = {{ listen = [ "127.0.0.1:{in_port}" ]; }}; }};
+inbound = {{ tcp = {{ listen = [ "127.0.0.1:{in_port}" ]; }};{tls_in} }};
 outbound = {{ enabled = true; listen = [ "127.0.0.1:{out_port}" ]; next_hop = "{hop}";
   tls = "{policy}"; ca_file = "{ca or pki['ca']}"; connect_timeout = 5; }};
 limits = {{ {limits} }};
@@ -262,7 +363,7 @@ tls = {{ priority = "NORMAL"; handshake_timeout = 5; {certs} }};
         tf = tlsfront_factory(config_text=text)
         tf.wait_event("listening")
         assert "listener=outbound address=127.0.0.1:%d" % out_port in tf.log_text()
-        return Outbound(tf, out_port)
+        return Outbound(tf, out_port, tls_port or None)
 
     return start
 
@@ -555,11 +656,49 @@ def test_s4_2_6_own_certificate_for_a_peer_that_asks(outbound, peers):
 
 
 def test_s4_2_6_no_certificate_the_peer_accepts_fails_the_handshake(outbound, peers):
-    # The self-signed default is not from the CA the peer trusts.
+    # The self-signed default is shown, but it is not from the CA the peer
+    # trusts.
     peer = peers("starttls_client_cert")
     ob = outbound(peer.port, "required")
     refused(ob.port)
     assert not peer.handler.messages
+
+
+def test_s4_2_6_self_signed_default_shown_to_a_peer_naming_another_ca(outbound, pki):
+    """§4.2.6, §7.9: a peer insisting on a client certificate from the test
+    CA (the only name in its CertificateRequest) still gets tlsfront's own,
+    as from Postfix; this peer trusts it, and checks it as OpenSSL does
+    (the self-signed default names the clientAuth key purpose too)."""
+    peer = TlsPeer(pki, ca_names=pki["ca"])
+    try:
+        ob = outbound(peer.port, "required", tls_port=True)
+        pem = ssl.get_server_certificate((HOST, ob.tls_port), timeout=IO_TIMEOUT)
+        peer.trust_client(pem)
+        deliver(ob.port)
+        assert peer.wait_messages(1)
+        s = ob.summary(2)[0]  # the other session is the fetch on the TLS port
+        assert s["tls"].startswith("TLS1.") and s.get("fallback") != "yes", s
+        assert peer.handler.client_certs == [ssl.PEM_cert_to_DER_cert(pem)]
+    finally:
+        peer.stop()
+
+
+@pytest.mark.parametrize("order", [("front_rsa", "front_ec"), ("front_ec", "front_rsa")])
+def test_s7_9_first_listed_pair_shown_to_a_peer_naming_another_ca(outbound, pki, order):
+    """§7.9: with an RSA and an ECDSA pair from no CA the peer names, the
+    peer (which takes both key types) gets the first listed one."""
+    certs = [pki[name][0] for name in order]
+    peer = TlsPeer(pki, client_ca=certs, ca_names=pki["ca"])
+    try:
+        ob = outbound(peer.port, "verify", pairs=[pki[name] for name in order])
+        deliver(ob.port)
+        assert peer.wait_messages(1)
+        s = ob.summary()[0]
+        assert s["tls"].startswith("TLS1.") and s["verified"] == "yes", s
+        with open(certs[0]) as f:
+            assert peer.handler.client_certs == [ssl.PEM_cert_to_DER_cert(f.read())]
+    finally:
+        peer.stop()
 
 
 def test_s4_2_6_refused_client_certificate_under_negotiated_falls_back(outbound, peers):

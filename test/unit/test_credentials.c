@@ -1,11 +1,13 @@
-/* test_credentials.c — cmocka tests of certs/ (SPEC §5, §7.7, §7.8).
+/* test_credentials.c — cmocka tests of certs/ (SPEC §4.2.6, §5, §7.7, §7.8,
+ * §7.9).
  *
  * Handshakes run in memory: a GnuTLS client session and a server session
  * from creds_server_session() talk through two byte queues whose push and
  * pull functions return EAGAIN and short counts at random points (seeded
- * rand), both sessions nonblocking, driven by a bounded loop. Key and
- * certificate files are generated at test time in a mkdtemp directory; no
- * key is committed.
+ * rand), both sessions nonblocking, driven by a bounded loop. The outbound
+ * tests turn it around: a client session from creds_client_session() and a
+ * plain GnuTLS server playing the peer. Key and certificate files are
+ * generated at test time in a mkdtemp directory; no key is committed.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -28,6 +30,7 @@
 #define SERVER_NAME  "mx.example.org"
 #define RSA_NAME     "rsa.example.org"
 #define EC_NAME	     "ec.example.org"
+#define CA_NAME	     "ca.example.net"
 #define PRIO_TLS12   "NORMAL:-VERS-ALL:+VERS-TLS1.2"
 #define PRIO_TLS13   "NORMAL:-VERS-ALL:+VERS-TLS1.3"
 #define MAX_STEPS    20000 /* handshake loop bound */
@@ -133,9 +136,13 @@ static void endpoint_attach(struct endpoint *e, gnutls_session_t s, struct queue
 /* ---- shared fixtures ---- */
 
 static gnutls_certificate_credentials_t client_cred;
+/* The outbound peer's: the RSA and ECDSA pairs as its own certificates, and
+ * ca_cert (which issued none of them) as the CA it names when it asks for a
+ * client certificate. */
+static gnutls_certificate_credentials_t peer_cred;
 static char tmpdir[64];
 static char rsa_cert[128], rsa_key[128], other_key[128], ec_cert[128], ec_key[128],
-    garbage_cert[128], missing[128];
+    garbage_cert[128], missing[128], ca_cert[128];
 
 static void path_in_tmp(char *out, size_t len, const char *name)
 {
@@ -213,6 +220,7 @@ static int group_setup(void **state)
 	path_in_tmp(ec_key, sizeof(ec_key), "ec.key");
 	path_in_tmp(garbage_cert, sizeof(garbage_cert), "garbage.pem");
 	path_in_tmp(missing, sizeof(missing), "missing.pem");
+	path_in_tmp(ca_cert, sizeof(ca_cert), "ca.pem");
 
 	gnutls_x509_privkey_t key = make_key(GNUTLS_PK_RSA, 2048);
 	write_key(key, rsa_key);
@@ -228,11 +236,22 @@ static int group_setup(void **state)
 	write_cert(key, EC_NAME, ec_cert);
 	gnutls_x509_privkey_deinit(key);
 
+	key = make_key(GNUTLS_PK_ECDSA, GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1));
+	write_cert(key, CA_NAME, ca_cert);
+	gnutls_x509_privkey_deinit(key);
+
 	const char junk[] = "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n"
 			    "-----END CERTIFICATE-----\n";
 	gnutls_datum_t d = {(unsigned char *)junk, sizeof(junk) - 1};
 	write_datum(garbage_cert, &d);
 
+	if (gnutls_certificate_allocate_credentials(&peer_cred) != 0 ||
+	    gnutls_certificate_set_x509_key_file2(peer_cred, rsa_cert, rsa_key, GNUTLS_X509_FMT_PEM,
+						  NULL, 0) < 0 ||
+	    gnutls_certificate_set_x509_key_file2(peer_cred, ec_cert, ec_key, GNUTLS_X509_FMT_PEM,
+						  NULL, 0) < 0 ||
+	    gnutls_certificate_set_x509_trust_file(peer_cred, ca_cert, GNUTLS_X509_FMT_PEM) != 1)
+		return -1;
 	return gnutls_certificate_allocate_credentials(&client_cred) == 0 ? 0 : -1;
 }
 
@@ -243,8 +262,10 @@ static int group_teardown(void **state)
 	(void)state;
 	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
 		unlink(files[i]);
+	unlink(ca_cert);
 	rmdir(tmpdir);
 	gnutls_certificate_free_credentials(client_cred);
+	gnutls_certificate_free_credentials(peer_cred);
 	return 0;
 }
 
@@ -829,6 +850,214 @@ static void test_s5_ticket_resumption(void **state)
 	creds_unref(c);
 }
 
+/* ---- §4.2.6 / §7.9: the client certificate outbound ---- */
+
+/* Sig algs for the peer's priorities: TLS 1.2 names, then TLS 1.3 ones. */
+#define PEER_EC_ONLY  "NORMAL:-SIGN-ALL:+SIGN-ECDSA-SHA256:+SIGN-ECDSA-SECP256R1-SHA256"
+#define PEER_RSA_ONLY "NORMAL:-SIGN-ALL:+SIGN-RSA-SHA256:+SIGN-RSA-PSS-RSAE-SHA256"
+
+/* tlsfront's client session (creds_client_session) against a peer that asks
+ * for a client certificate (request: GNUTLS_CERT_REQUEST or _REQUIRE),
+ * naming only CA_NAME; the peer verifies nothing, the tests compare. */
+static void peer_link_open(struct link *l, struct creds *c, const char *server_name, bool verify,
+			   const char *peer_priority, gnutls_certificate_request_t request)
+{
+	gnutls_session_t cs, ss;
+
+	memset(l, 0, sizeof(*l));
+	assert_int_equal(creds_client_session(c, server_name, verify, &cs), 0);
+	assert_non_null(cs);
+	assert_int_equal(gnutls_init(&ss, GNUTLS_SERVER | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL), 0);
+	assert_int_equal(gnutls_priority_set_direct(ss, peer_priority, NULL), 0);
+	assert_int_equal(gnutls_credentials_set(ss, GNUTLS_CRD_CERTIFICATE, peer_cred), 0);
+	gnutls_certificate_server_set_request(ss, request);
+	endpoint_attach(&l->client, cs, &l->s2c, &l->c2s);
+	endpoint_attach(&l->server, ss, &l->c2s, &l->s2c);
+}
+
+/* The fingerprint of the client certificate the peer received, or "" for
+ * none. */
+static void peer_saw(struct link *l, char *out)
+{
+	unsigned n = 0;
+	const gnutls_datum_t *der = gnutls_certificate_get_peers(l->server.s, &n);
+
+	out[0] = '\0';
+	if (der != NULL && n > 0)
+		fingerprint_of(&der[0], out);
+}
+
+static void file_fingerprint(const char *path, char *out)
+{
+	gnutls_datum_t pem, der;
+	gnutls_x509_crt_t crt;
+
+	assert_int_equal(gnutls_load_file(path, &pem), 0);
+	assert_int_equal(gnutls_x509_crt_init(&crt), 0);
+	assert_int_equal(gnutls_x509_crt_import(crt, &pem, GNUTLS_X509_FMT_PEM), 0);
+	assert_int_equal(gnutls_x509_crt_export2(crt, GNUTLS_X509_FMT_DER, &der), 0);
+	fingerprint_of(&der, out);
+	gnutls_free(der.data);
+	gnutls_free(pem.data);
+	gnutls_x509_crt_deinit(crt);
+}
+
+/* The self-signed default is shown to a peer that insists on a client
+ * certificate and names another CA; the generation's reference outlives
+ * its owner's, as when a reload happens mid-session. */
+static void test_s4_2_6_self_signed_shown_whatever_ca_is_named(void **state)
+{
+	const char *prios[] = {PRIO_TLS13, PRIO_TLS12};
+	char want[FP_LEN + 1], got[FP_LEN + 1];
+	struct link l;
+
+	(void)state;
+	for (unsigned i = 0; i < 2; i++) {
+		struct creds *c = new_creds(NULL, 0, "NORMAL", NULL);
+		assert_int_equal(creds_fingerprint(c, want, sizeof(want)), 0);
+		seed(100 + i);
+		creds_ref(c); /* the session's */
+		peer_link_open(&l, c, NULL, false, prios[i], GNUTLS_CERT_REQUIRE);
+		creds_unref(c); /* the reload drops the generation */
+		handshake_ok(&l);
+		peer_saw(&l, got);
+		assert_string_equal(got, want);
+		exchange_records(&l);
+		link_close(&l);
+		creds_unref(c); /* the session ends: freed (ASan: no leak) */
+	}
+}
+
+/* §7.9: the first listed pair the peer can use, by its signature
+ * algorithms; never by the CA it names. */
+static void test_s7_9_first_listed_pair_the_peer_can_use(void **state)
+{
+	struct creds_pair rsa_first[] = {{rsa_cert, rsa_key}, {ec_cert, ec_key}};
+	struct creds_pair ec_first[] = {{ec_cert, ec_key}, {rsa_cert, rsa_key}};
+	char rsa_fp[FP_LEN + 1], ec_fp[FP_LEN + 1], got[FP_LEN + 1];
+	static const struct {
+		const char *what;
+		bool ec_first;
+		const char *versions, *peer_sigs;
+		bool want_ec;
+	} cases[] = {
+	    {"RSA, ECDSA listed; TLS 1.3 peer takes both", false, PRIO_TLS13, "NORMAL", false},
+	    {"RSA, ECDSA listed; TLS 1.2 peer takes both", false, PRIO_TLS12, "NORMAL", false},
+	    {"ECDSA, RSA listed; TLS 1.3 peer takes both", true, PRIO_TLS13, "NORMAL", true},
+	    {"ECDSA, RSA listed; TLS 1.2 peer takes both", true, PRIO_TLS12, "NORMAL", true},
+	    {"RSA, ECDSA listed; TLS 1.3 peer takes ECDSA", false, PRIO_TLS13, PEER_EC_ONLY, true},
+	    {"RSA, ECDSA listed; TLS 1.2 peer takes ECDSA", false, PRIO_TLS12, PEER_EC_ONLY, true},
+	    {"ECDSA, RSA listed; TLS 1.3 peer takes RSA", true, PRIO_TLS13, PEER_RSA_ONLY, false},
+	    {"ECDSA, RSA listed; TLS 1.2 peer takes RSA", true, PRIO_TLS12, PEER_RSA_ONLY, false},
+	};
+	struct link l;
+
+	(void)state;
+	file_fingerprint(rsa_cert, rsa_fp);
+	file_fingerprint(ec_cert, ec_fp);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char prio[256];
+		/* The versions from one string, the signature algorithms from
+		 * the other: "NORMAL:-VERS-ALL:+VERS-TLS1.x" + ":-SIGN-ALL:..." */
+		snprintf(prio, sizeof(prio), "%s%s", cases[i].versions,
+			 cases[i].peer_sigs + strlen("NORMAL"));
+		const struct creds_pair *pairs = cases[i].ec_first ? ec_first : rsa_first;
+		struct creds *c = new_creds(pairs, 2, "NORMAL", NULL);
+		seed(110 + (unsigned)i);
+		peer_link_open(&l, c, NULL, false, prio, GNUTLS_CERT_REQUIRE);
+		handshake_ok(&l);
+		peer_saw(&l, got);
+		if (strcmp(got, cases[i].want_ec ? ec_fp : rsa_fp) != 0)
+			fail_msg("%s: the peer saw %s", cases[i].what,
+				 strcmp(got, rsa_fp) == 0  ? "the RSA certificate"
+				 : strcmp(got, ec_fp) == 0 ? "the ECDSA certificate"
+							   : "no certificate");
+		exchange_records(&l);
+		link_close(&l);
+		creds_unref(c);
+	}
+}
+
+/* A peer that can use none of the pairs gets an empty Certificate message:
+ * one that merely asks goes on without; one that insists fails. */
+static void test_s4_2_6_no_usable_pair_sends_none(void **state)
+{
+	struct creds_pair rsa_only = {rsa_cert, rsa_key};
+	struct creds *c = new_creds(&rsa_only, 1, "NORMAL", NULL);
+	const char *prios[] = {PRIO_TLS13 ":-SIGN-ALL:+SIGN-ECDSA-SECP256R1-SHA256",
+			       PRIO_TLS12 ":-SIGN-ALL:+SIGN-ECDSA-SHA256"};
+	char got[FP_LEN + 1];
+	struct link l;
+	int crc, src;
+
+	(void)state;
+	for (unsigned i = 0; i < 2; i++) {
+		seed(130 + i);
+		peer_link_open(&l, c, NULL, false, prios[i], GNUTLS_CERT_REQUEST);
+		handshake_ok(&l);
+		peer_saw(&l, got);
+		assert_string_equal(got, "");
+		exchange_records(&l);
+		link_close(&l);
+
+		seed(132 + i);
+		peer_link_open(&l, c, NULL, false, prios[i], GNUTLS_CERT_REQUIRE);
+		handshake(&l, &crc, &src);
+		assert_true(gnutls_error_is_fatal(src));
+		link_close(&l);
+	}
+	creds_unref(c);
+}
+
+/* §4.3 verify still works through the client credentials: the chain leads
+ * to ca_file and the certificate is for the name, else the handshake fails;
+ * the client certificate goes along. */
+static void test_s4_3_verify_with_the_client_credentials(void **state)
+{
+	struct creds_pair pair = {ec_cert, ec_key};
+	struct creds *c = new_creds(&pair, 1, "NORMAL", NULL);
+	struct creds *untrusting = new_creds(&pair, 1, "NORMAL", NULL);
+	char err[256] = "", want[FP_LEN + 1], got[FP_LEN + 1];
+	gnutls_session_t s = NULL;
+	struct link l;
+	int crc, src;
+
+	(void)state;
+	/* Without trust anchors, or without a name, verify cannot start. */
+	assert_int_equal(creds_client_session(untrusting, RSA_NAME, true, &s),
+			 GNUTLS_E_NO_CERTIFICATE_FOUND);
+	assert_null(s);
+	assert_int_equal(creds_load_trust(c, rsa_cert, err, sizeof(err)), 0);
+	assert_int_equal(creds_client_session(c, NULL, true, &s), GNUTLS_E_NO_CERTIFICATE_FOUND);
+	assert_null(s);
+
+	file_fingerprint(ec_cert, want);
+	seed(140);
+	peer_link_open(&l, c, RSA_NAME, true, "NORMAL", GNUTLS_CERT_REQUIRE);
+	handshake_ok(&l);
+	expect_peer_name(&l, RSA_NAME);
+	peer_saw(&l, got);
+	assert_string_equal(got, want);
+	link_close(&l);
+
+	/* The right chain for the wrong name. */
+	seed(141);
+	peer_link_open(&l, c, "wrong.example.org", true, "NORMAL", GNUTLS_CERT_REQUIRE);
+	handshake(&l, &crc, &src);
+	assert_int_equal(crc, GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR);
+	link_close(&l);
+
+	/* A name whose certificate does not lead to ca_file. */
+	seed(142);
+	peer_link_open(&l, c, EC_NAME, true, "NORMAL", GNUTLS_CERT_REQUIRE);
+	handshake(&l, &crc, &src);
+	assert_int_equal(crc, GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR);
+	link_close(&l);
+
+	creds_unref(untrusting);
+	creds_unref(c);
+}
+
 /* ---- refcount and threads ---- */
 
 static void test_s5_refcount(void **state)
@@ -915,6 +1144,10 @@ int main(void)
 	    cmocka_unit_test(test_s7_7_alpn_smtp_selected),
 	    cmocka_unit_test(test_s5_alpn_none_served),
 	    cmocka_unit_test(test_s5_ticket_resumption),
+	    cmocka_unit_test(test_s4_2_6_self_signed_shown_whatever_ca_is_named),
+	    cmocka_unit_test(test_s7_9_first_listed_pair_the_peer_can_use),
+	    cmocka_unit_test(test_s4_2_6_no_usable_pair_sends_none),
+	    cmocka_unit_test(test_s4_3_verify_with_the_client_credentials),
 	    cmocka_unit_test(test_s5_refcount),
 	    cmocka_unit_test(test_s5_generation_outlives_reload),
 	    cmocka_unit_test(test_s6_shared_by_worker_threads),
