@@ -99,12 +99,16 @@ static void log_summary(struct outbound *s)
 	char sni_value[300];
 	double duration = (double)(uv_now(&s->worker->loop) - s->start_ms) / 1000.0;
 	unsigned messages = s->spliced ? s->machine.messages : 0;
+	/* The legacy server's SASL user name at the peer, as inbound. */
+	const char *user = s->spliced ? smtp_machine_user(&s->machine) : NULL;
+	char user_value[4 * SASL_USER_MAX + 3];
 	log_msg(TF_LOG_INFO,
 		"event=session id=%s listener=outbound client=%s peer=%s tls=%s cipher=%s sni=%s "
-		"user=none verified=%s fallback=%s messages=%u bytes_in=%llu bytes_out=%llu "
+		"user=%s verified=%s fallback=%s messages=%u bytes_in=%llu bytes_out=%llu "
 		"duration=%.3f reason=%s",
 		s->id, s->legacy_addr, s->peer_addr, tls_io_version(s->peer_ep.tls),
 		tls_io_cipher(s->peer_ep.tls), log_value(sni_value, sizeof(sni_value), s->sni),
+		log_value(user_value, sizeof(user_value), user ? user : "none"),
 		s->verified ? "yes" : "no", s->fallback ? "yes" : "no", messages,
 		(unsigned long long)s->bytes_in, (unsigned long long)s->bytes_out, duration,
 		smtp_close_reason_name(s->reason));

@@ -93,13 +93,19 @@ static void log_summary(struct session *s)
 	char sni[300] = "none", sni_value[310];
 	if (s->client_ep.tls)
 		tls_io_sni(s->client_ep.tls, sni, sizeof(sni));
+	/* The SASL user name of a 235 (§3.6), quoted and escaped when it holds
+	 * a space, '"', '\\', '=' or non-ASCII bytes (each such byte takes up
+	 * to four characters). */
+	const char *user = smtp_machine_user(&s->machine);
+	char user_value[4 * SASL_USER_MAX + 3];
 	double duration = (double)(uv_now(&s->worker->loop) - s->start_ms) / 1000.0;
 	log_msg(TF_LOG_INFO,
-		"event=session id=%s listener=%s client=%s tls=%s cipher=%s sni=%s user=none "
+		"event=session id=%s listener=%s client=%s tls=%s cipher=%s sni=%s user=%s "
 		"auth=%s messages=%u bytes_in=%llu bytes_out=%llu duration=%.3f reason=%s",
 		s->id, s->kind == LISTENER_TLS ? "tls" : "tcp", s->client_addr,
 		tls_io_version(s->client_ep.tls), tls_io_cipher(s->client_ep.tls),
 		log_value(sni_value, sizeof(sni_value), sni),
+		log_value(user_value, sizeof(user_value), user ? user : "none"),
 		s->machine.authenticated ? "yes" : "no", s->machine.messages,
 		(unsigned long long)s->bytes_in, (unsigned long long)s->bytes_out, duration,
 		smtp_close_reason_name(s->reason));

@@ -71,6 +71,57 @@ bool smtp_machine_wants_client_input(const struct smtp_machine *m)
 	return m->phase != PHASE_CLOSED && m->in.len < SMTP_HOLD_MAX;
 }
 
+const char *smtp_machine_user(const struct smtp_machine *m)
+{
+	return m->authenticated && m->user[0] ? m->user : NULL;
+}
+
+/* ---- the SASL user name (§3.6) ------------------------------------------ */
+
+/* Ends the reading of an exchange: no candidate, no line left to read. */
+static void auth_forget(struct smtp_machine *m)
+{
+	m->auth_next = SASL_MECH_OTHER;
+	memset(m->user_candidate, 0, sizeof(m->user_candidate));
+}
+
+/* A forwarded AUTH line: which client line names the user. PLAIN and LOGIN
+ * may name it in the initial response; then LOGIN's next line is the
+ * password and is never read. CRAM-MD5 has no initial response. */
+static void auth_begin(struct smtp_machine *m, const char *line, size_t len)
+{
+	const char *ir;
+	size_t ir_len;
+	enum sasl_mech mech = sasl_auth_line(line, len, &ir, &ir_len);
+	auth_forget(m);
+	if (!ir)
+		m->auth_next = (unsigned char)mech;
+	else if (mech == SASL_MECH_PLAIN || mech == SASL_MECH_LOGIN)
+		(void)sasl_user_extract(mech, ir, ir_len, m->user_candidate);
+}
+
+/* A forwarded SASL line: the one that names the user, if it is this one.
+ * "*" is the client cancelling (RFC 4954), not a name. */
+static void auth_read_line(struct smtp_machine *m, const char *line, size_t len)
+{
+	enum sasl_mech mech = (enum sasl_mech)m->auth_next;
+	m->auth_next = SASL_MECH_OTHER;
+	if (mech == SASL_MECH_OTHER || (len == 1 && line[0] == '*'))
+		return;
+	(void)sasl_user_extract(mech, line, len, m->user_candidate);
+}
+
+/* The backend's final reply to an exchange: 235 commits the candidate (none
+ * for a mechanism whose name we do not read), anything else forgets it. */
+static void auth_final(struct smtp_machine *m, int code)
+{
+	if (code == 235) {
+		m->authenticated = true;
+		memcpy(m->user, m->user_candidate, sizeof(m->user));
+	}
+	auth_forget(m);
+}
+
 /* ---- the FIFO ---------------------------------------------------------- */
 
 static bool fifo_full(const struct smtp_machine *m)
@@ -218,6 +269,7 @@ static void forward_line(struct smtp_machine *m, const char *line, size_t len)
  * backend's answer to "*" is not the client's. */
 static void cancel_auth(struct smtp_machine *m, const char *reply)
 {
+	auth_forget(m);
 	forward_line(m, "*", 1);
 	fifo_push(m, (struct smtp_pending){.kind = PEND_INTERNAL});
 	m->phase = PHASE_COMMAND;
@@ -241,7 +293,9 @@ static void handle_auth_line(struct smtp_machine *m, const char *line, size_t le
 		cancel_auth(m, R_LINE_BAD);
 		return;
 	}
-	/* SASL data: passed on as it is, never parsed, never logged. */
+	/* SASL data: passed on as it is, never parsed as a command, never
+	 * logged; only the line that names the user is read (§3.6). */
+	auth_read_line(m, line, len);
 	forward_line(m, line, len);
 	fifo_push(m, (struct smtp_pending){.kind = PEND_AUTH_DATA});
 	m->phase = PHASE_WAIT_AUTH;
@@ -281,20 +335,29 @@ static void handle_command(struct smtp_machine *m, const char *line, size_t len)
 		m->rules.needs_ehlo = false; /* §3.5: "until the client sends EHLO" */
 	if (verb == VERB_DATA)
 		m->phase = PHASE_WAIT_DATA;
-	else if (verb == VERB_AUTH)
+	else if (verb == VERB_AUTH) {
 		m->phase = PHASE_WAIT_AUTH;
+		auth_begin(m, line, len);
+	}
+}
+
+/* The held input starts with an AUTH command (the verb, then a space or
+ * the line end), or is SASL data: a line that may be long and may hold a
+ * password. */
+static bool in_auth_line(const struct smtp_machine *m)
+{
+	if (m->phase == PHASE_AUTH)
+		return true;
+	return m->in.len >= 5 && strncasecmp(m->in.data, "AUTH", 4) == 0 &&
+	       (m->in.data[4] == ' ' || m->in.data[4] == '\t' || m->in.data[4] == '\r' ||
+		m->in.data[4] == '\n');
 }
 
 /* The longest line accepted in the current phase, CRLF included. */
 static size_t line_limit(const struct smtp_machine *m)
 {
 	size_t limit = m->cfg.line_length;
-	bool auth = m->phase == PHASE_AUTH;
-	/* The AUTH command itself: the verb, then a space or the line end. */
-	if (!auth && m->in.len >= 5 && strncasecmp(m->in.data, "AUTH", 4) == 0 &&
-	    (m->in.data[4] == ' ' || m->in.data[4] == '\t' || m->in.data[4] == '\r' ||
-	     m->in.data[4] == '\n'))
-		auth = true;
+	bool auth = in_auth_line(m);
 	if (auth && limit < SMTP_AUTH_LINE_MIN)
 		limit = SMTP_AUTH_LINE_MIN;
 	return limit;
@@ -335,12 +398,18 @@ static bool next_line(struct smtp_machine *m)
 		line_too_long(m);
 		return true;
 	}
+	bool secret = in_auth_line(m);
 	if (m->phase == PHASE_AUTH)
 		handle_auth_line(m, m->in.data, len);
 	else
 		handle_command(m, m->in.data, len);
-	if (m->phase != PHASE_CLOSED)
+	if (m->phase != PHASE_CLOSED) {
+		/* SASL data may hold a password: no copy of it stays behind
+		 * in the held input once it is forwarded. */
+		if (secret)
+			explicit_bzero(m->in.data, consumed);
 		buf_consume(&m->in, consumed);
+	}
 	return true;
 }
 
@@ -536,8 +605,8 @@ static void handle_reply(struct smtp_machine *m, int code, const char *text, siz
 	case PEND_COMMAND:
 		if (p.kind == PEND_AUTH_DATA || p.verb == VERB_AUTH) {
 			m->phase = code == 334 ? PHASE_AUTH : PHASE_COMMAND;
-			if (code == 235)
-				m->authenticated = true;
+			if (code != 334)
+				auth_final(m, code);
 			/* 535 (bad credentials) is not a protocol error. */
 			to_client(m, text, len);
 			if (code != 535 && is_error_code(code))
@@ -611,6 +680,8 @@ void smtp_machine_tls_established(struct smtp_machine *m)
 	m->rules.tls_active = true;
 	m->rules.needs_ehlo = true;
 	m->authenticated = false;
+	auth_forget(m);
+	memset(m->user, 0, sizeof(m->user));
 	/* RFC 3207 §4.2: forget everything of the plaintext phase. */
 	buf_free(&m->in);
 	forward_line(m, "RSET", 4);

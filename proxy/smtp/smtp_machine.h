@@ -24,6 +24,7 @@
 #include "proxy/smtp/buf.h"
 #include "proxy/smtp/data_scanner.h"
 #include "proxy/smtp/reply_parser.h"
+#include "proxy/smtp/sasl_user.h"
 
 #define SMTP_FIFO_MAX	   128	       /* pipelined commands awaiting replies */
 #define SMTP_HOLD_MAX	   (64 * 1024) /* held client input before reads pause */
@@ -123,6 +124,14 @@ struct smtp_machine {
 	unsigned messages;  /* messages accepted by the backend */
 	bool authenticated; /* a 235 was relayed */
 	bool quit_acked;    /* the backend's 221 to QUIT was relayed */
+
+	/* The SASL user name, for the log only (§3.6, sasl_user.h): read from
+	 * the client's SASL data while an exchange runs, kept as a candidate,
+	 * committed to user on 235 and forgotten on any other final reply, on
+	 * a cancel and at the STARTTLS boundary. Never a password. */
+	unsigned char auth_next;	     /* enum sasl_mech of the next SASL line */
+	char user_candidate[SASL_USER_SIZE]; /* the exchange in progress; "" */
+	char user[SASL_USER_SIZE];	     /* of the 235; "" when none */
 };
 
 void smtp_machine_init(struct smtp_machine *m, const struct smtp_machine_config *cfg);
@@ -150,6 +159,12 @@ void smtp_machine_limit(struct smtp_machine *m);
 void smtp_machine_timeout(struct smtp_machine *m);
 /* The process is shutting down and the grace period is over. */
 void smtp_machine_shutdown(struct smtp_machine *m);
+
+/* The SASL user name of the exchange that got 235 (sasl_user.h), or NULL
+ * when the session is not authenticated or its mechanism names no user we
+ * read. Borrowed from the machine; valid until the next call into it. May
+ * hold characters a key=value log must quote (log_value()). */
+const char *smtp_machine_user(const struct smtp_machine *m);
 
 /* False while the held client input is at its bound: stop reading. */
 bool smtp_machine_wants_client_input(const struct smtp_machine *m);

@@ -10,6 +10,7 @@ bounded, only 127.0.0.1 is used, ports come from the kernel, and every
 process is stopped by the fixtures that started it.
 """
 import base64
+import hmac
 import re
 import smtplib
 import socket
@@ -29,6 +30,10 @@ PASSWORD = "s3cret"
 PLAIN_PAYLOAD = base64.b64encode(b"\0alice\0s3cret").decode()  # AGFsaWNlAHMzY3JldA==
 B64_USER = base64.b64encode(b"alice").decode()  # YWxpY2U=
 B64_PASSWORD = base64.b64encode(b"s3cret").decode()  # czNjcmV0
+# A second account whose name a key=value log must quote and escape (§6).
+ODD_USER = 'bob "the" b\\uilder x=1'
+ODD_PASSWORD = "pa55-w0rd!"
+ACCOUNTS = {USER.encode(): PASSWORD.encode(), ODD_USER.encode(): ODD_PASSWORD.encode()}
 
 MESSAGE = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: auth\r\n\r\nhello\r\n"
 
@@ -36,15 +41,19 @@ MESSAGE = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: auth\r\n\
 # ---- the backend --------------------------------------------------------------
 
 class AuthBackend(tfhelpers.AiosmtpdBackend):
-    """aiosmtpd (real, strict) with AUTH LOGIN / PLAIN; accepts alice / s3cret.
+    """aiosmtpd (real, strict) with AUTH LOGIN / PLAIN; accepts the ACCOUNTS.
     attempts: (mechanism, login bytes, password bytes) of every AUTH the
     backend was asked to check."""
 
-    def __init__(self):
+    def __init__(self, cram_md5=False):
         self.attempts = []
         self.lock = threading.Lock()
         super().__init__(server_hostname="auth.backend", authenticator=self._authenticate,
                          auth_require_tls=False)
+        if cram_md5:
+            # aiosmtpd takes a handler's auth_X__Y method as mechanism X-Y;
+            # it finds it on each new connection.
+            self.handler.auth_CRAM__MD5 = self._cram_md5
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data):
         from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -53,8 +62,26 @@ class AuthBackend(tfhelpers.AiosmtpdBackend):
             login, password = auth_data.login, auth_data.password
         with self.lock:
             self.attempts.append((mechanism, login, password))
-        return AuthResult(success=(login == USER.encode() and password == PASSWORD.encode()),
+        return AuthResult(success=(login is not None and ACCOUNTS.get(login) == password),
                           handled=False)
+
+    async def _cram_md5(self, server, args):
+        """CRAM-MD5 (RFC 2195): a challenge, then base64 of "user SP hexdigest"."""
+        from aiosmtpd.smtp import AuthResult
+        if len(args) != 1:
+            await server.push("501 5.5.4 CRAM-MD5 takes no initial response")
+            return AuthResult(success=False, handled=True)
+        challenge = b"<%d.%d@auth.backend>" % (threading.get_ident() % 100000, len(self.attempts))
+        response = await server.challenge_auth(challenge)
+        if not isinstance(response, bytes):  # '*' or bad base64: already answered
+            return AuthResult(success=False, handled=True)
+        login, _, digest = response.rpartition(b" ")
+        with self.lock:
+            self.attempts.append(("CRAM-MD5", login, None))
+        secret = ACCOUNTS.get(login)
+        ok = secret is not None and hmac.compare_digest(
+            digest, hmac.new(secret, challenge, "md5").hexdigest().encode())
+        return AuthResult(success=ok, handled=False)
 
     def attempt_list(self):
         with self.lock:
@@ -64,6 +91,13 @@ class AuthBackend(tfhelpers.AiosmtpdBackend):
 @pytest.fixture
 def auth_backend():
     b = AuthBackend()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def cram_backend():
+    b = AuthBackend(cram_md5=True)
     yield b
     b.stop()
 
@@ -199,6 +233,14 @@ def summary_of(tf, client):
     return tf.session_of(client)
 
 
+def assert_no_password(tf, *passwords):
+    """§3.6: no password, in clear or base64, in tlsfront's log."""
+    log = tf.log_text()
+    for pw in passwords or (PASSWORD,):
+        for s in (pw, base64.b64encode(pw.encode()).decode()):
+            assert s not in log, "%r in tlsfront's log:\n%s" % (s, log)
+
+
 def refusal(tls_auth, phase, starttls_offered=True):
     """§3.6: the refusal of a not-permitted AUTH."""
     if phase == "plaintext" and starttls_offered and tls_auth:
@@ -252,8 +294,9 @@ def test_s3_6_auth_matrix(tlsfront_factory, auth_backend, tcp_auth, tls_auth, tl
             if r.code != 221:
                 failures.append("%s: QUIT: %r" % (where, r))
             summary = summary_of(tf, c.local)
-            if summary.get("auth") != "no":
-                failures.append("%s: raw session summary auth=%r" % (where, summary.get("auth")))
+            if summary.get("auth") != "no" or summary.get("user") != "none":
+                failures.append("%s: raw session summary auth=%r user=%r"
+                                % (where, summary.get("auth"), summary.get("user")))
             want_listener = "tls" if phase == "tls_port" else "tcp"
             if summary.get("listener") != want_listener:
                 failures.append("%s: summary listener=%r" % (where, summary.get("listener")))
@@ -277,9 +320,9 @@ def test_s3_6_auth_matrix(tlsfront_factory, auth_backend, tcp_auth, tls_auth, tl
             finally:
                 s.close()
             summary = summary_of(tf, local)
-            if summary.get("auth") != "yes":
-                failures.append("%s: summary after 235 has auth=%r: %r"
-                                % (where, summary.get("auth"), summary))
+            if summary.get("auth") != "yes" or summary.get("user") != USER:
+                failures.append("%s: summary after 235 has auth=%r user=%r: %r"
+                                % (where, summary.get("auth"), summary.get("user"), summary))
 
     attempts = auth_backend.attempt_list()
     if len(attempts) != expected_attempts:
@@ -364,8 +407,10 @@ def test_s3_6_smtplib_starttls_login_sendmail(tlsfront_factory, auth_backend):
     assert msg["content"] == MESSAGE
     summary = summary_of(tf, local)
     assert summary["auth"] == "yes", summary
+    assert summary["user"] == USER, summary  # §3.6: as Postfix's sasl_username
     assert summary["listener"] == "tcp" and summary["tls"].startswith("TLS1."), summary
     assert summary["messages"] == "1" and summary["reason"] == "quit", summary
+    assert_no_password(tf)
 
 
 def test_s3_6_smtplib_ssl_tls_port_login_sendmail(tlsfront_factory, auth_backend):
@@ -386,7 +431,9 @@ def test_s3_6_smtplib_ssl_tls_port_login_sendmail(tlsfront_factory, auth_backend
     summary = summary_of(tf, local)
     assert summary["listener"] == "tls", summary
     assert summary["auth"] == "yes" and summary["messages"] == "1", summary
+    assert summary["user"] == USER, summary
     assert summary["tls"].startswith("TLS1."), summary
+    assert_no_password(tf)
 
 
 def test_s3_6_smtplib_wrong_password_is_backends_535(tlsfront_factory, auth_backend):
@@ -404,7 +451,9 @@ def test_s3_6_smtplib_wrong_password_is_backends_535(tlsfront_factory, auth_back
     # smtplib tries PLAIN, then LOGIN: each attempt was the backend's to check.
     attempts = auth_backend.attempt_list()
     assert attempts and all(a[1:] == (b"alice", b"wrong-password") for a in attempts), attempts
-    assert summary_of(tf, local)["auth"] == "no"
+    summary = summary_of(tf, local)
+    assert summary["auth"] == "no" and summary["user"] == "none", summary
+    assert_no_password(tf, "wrong-password")
 
 
 @pytest.mark.parametrize("mode", ["starttls", "tlsc"])
@@ -425,6 +474,8 @@ def test_s3_6_swaks_auth_login(tlsfront_factory, auth_backend, mode):
     assert auth_backend.attempt_list() == [("LOGIN", b"alice", b"s3cret")]
     [summary] = tf.wait_event("session")
     assert summary["auth"] == "yes", summary
+    assert summary["user"] == USER, summary  # AUTH LOGIN's first line
+    assert_no_password(tf)
     assert summary["listener"] == ("tcp" if mode == "starttls" else "tls"), summary
     assert summary["messages"] == "1" and summary["reason"] == "quit", summary
 
@@ -453,6 +504,7 @@ def test_s3_6_auth_login_quit_continuation_is_sasl_data(tlsfront_factory, auth_b
         assert c.is_closed(5)
     summary = summary_of(tf, c.local)
     assert summary["auth"] == "no" and summary["reason"] == "quit", summary
+    assert summary["user"] == "none", summary  # the name of a 535 is forgotten
 
 
 def test_s3_6_auth_cancel_and_commands_inside_exchange(tlsfront_factory, auth_backend):
@@ -476,7 +528,8 @@ def test_s3_6_auth_cancel_and_commands_inside_exchange(tlsfront_factory, auth_ba
         r = c.cmd(PLAIN_PAYLOAD)
         assert r.code == 235, r
         assert c.cmd("QUIT").code == 221
-    assert summary_of(tf, c.local)["auth"] == "yes"
+    summary = summary_of(tf, c.local)
+    assert summary["auth"] == "yes" and summary["user"] == USER, summary
 
 
 def test_s3_6_password_never_logged_at_debug(tlsfront_factory, auth_backend):
@@ -498,7 +551,8 @@ def test_s3_6_password_never_logged_at_debug(tlsfront_factory, auth_backend):
             r = c.cmd(PLAIN_PAYLOAD)
             assert r.code == 235, (phase, r)
             assert c.cmd("QUIT").code == 221
-        assert summary_of(tf, c.local)["auth"] == "yes", phase
+        summary = summary_of(tf, c.local)
+        assert summary["auth"] == "yes" and summary["user"] == USER, (phase, summary)
     log = tf.log_text()
     assert "event=connect" in log, "not a debug log:\n" + log
     secrets = [PASSWORD, B64_PASSWORD, PLAIN_PAYLOAD, B64_USER, wrong,
@@ -510,6 +564,69 @@ def test_s3_6_password_never_logged_at_debug(tlsfront_factory, auth_backend):
     leaked = [s for s in secrets if s in log]
     assert not leaked, "secrets %r in tlsfront's log:\n%s" % (leaked, log)
     assert len(auth_backend.attempt_list()) == 6
+
+
+def test_s3_6_summary_user_cram_md5(tlsfront_factory, cram_backend):
+    """smtplib's CRAM-MD5 over STARTTLS: the user of the response line
+    ("user SP digest") is the summary's user; a failed CRAM-MD5 names no
+    one."""
+    tf = start_front(tlsfront_factory, cram_backend.port)
+    sessions = []
+    for password in ("wrong", PASSWORD):
+        s = smtplib_session(tf, "starttls")
+        try:
+            assert "CRAM-MD5" in s.esmtp_features.get("auth", "").upper(), s.esmtp_features
+            sessions.append(local_of(s.sock))
+            s.user, s.password = USER, password
+            if password == PASSWORD:
+                code, _ = s.auth("CRAM-MD5", s.auth_cram_md5, initial_response_ok=False)
+                assert code == 235
+            else:
+                with pytest.raises(smtplib.SMTPAuthenticationError) as e:
+                    s.auth("CRAM-MD5", s.auth_cram_md5, initial_response_ok=False)
+                assert e.value.smtp_code == 535
+            s.quit()
+        finally:
+            s.close()
+    assert [a[:2] for a in cram_backend.attempt_list()] == [("CRAM-MD5", b"alice")] * 2
+    failed, ok = (summary_of(tf, local) for local in sessions)
+    assert failed["auth"] == "no" and failed["user"] == "none", failed
+    assert ok["auth"] == "yes" and ok["user"] == USER, ok
+    assert_no_password(tf, PASSWORD, "wrong")
+
+
+def test_s3_6_summary_user_quoted_and_login_initial_response(tlsfront_factory, auth_backend):
+    """A user name holding a space, '"', '\\' and '=' is logged quoted and
+    escaped: the summary stays one key=value line that parses back to the
+    name. AUTH LOGIN with the user name as initial response names the user
+    too. Passwords never appear."""
+    tf = start_front(tlsfront_factory, auth_backend.port)
+    c, _ = open_session(tf, "starttls")
+    with c:
+        payload = base64.b64encode(b"\0" + ODD_USER.encode() + b"\0" + ODD_PASSWORD.encode())
+        r = c.cmd("AUTH PLAIN " + payload.decode())
+        assert r.code == 235, r
+        assert c.cmd("QUIT").code == 221
+    summary = summary_of(tf, c.local)
+    assert summary["user"] == ODD_USER, summary
+    assert summary["auth"] == "yes" and summary["reason"] == "quit", summary
+    [line] = [l for l in tf.log_text().splitlines()
+              if "event=session" in l and "client=%s " % c.local in l]
+    assert 'user="bob \\"the\\" b\\\\uilder x=1" auth=yes ' in line, line
+
+    c, _ = open_session(tf, "starttls")
+    with c:
+        r = c.cmd("AUTH LOGIN " + B64_USER)
+        assert r.code == 334, r
+        r = c.cmd(B64_PASSWORD)
+        assert r.code == 235, r
+        assert c.cmd("QUIT").code == 221
+    summary = summary_of(tf, c.local)
+    assert summary["user"] == USER and summary["auth"] == "yes", summary
+    assert auth_backend.attempt_list() == [("PLAIN", ODD_USER.encode(), ODD_PASSWORD.encode()),
+                                           ("LOGIN", b"alice", b"s3cret")]
+    assert_no_password(tf, PASSWORD, ODD_PASSWORD)
+    assert payload.decode() not in tf.log_text()
 
 
 # ---- §3.5 require_tls ------------------------------------------------------------------

@@ -934,5 +934,27 @@ def test_s4_3_postfix_required_keeps_the_message_queued(outbound, peers, tmp_pat
     assert s["reason"] == "policy" and s["messages"] == "0", s
 
 
+@pytest.mark.filterwarnings("ignore:Session.login_data")
+def test_s6_outbound_summary_names_the_sasl_user(outbound):
+    """The legacy server authenticates at the peer through tlsfront (AUTH is
+    passed on outbound, §4.2.3): the summary line names the SASL user, as
+    inbound (§3.6, §6), and never the password."""
+    from test_auth_policy import AuthBackend, PASSWORD, USER
+    peer = AuthBackend()  # plaintext, no STARTTLS: "negotiated" goes on
+    try:
+        ob = outbound(peer.port, "negotiated")
+        with smtplib.SMTP(HOST, ob.port, timeout=IO_TIMEOUT) as s:
+            s.ehlo("legacy.test")
+            assert s.login(USER, PASSWORD)[0] == 235
+            s.sendmail("a@legacy.test", ["b@peer.test"], MSG)
+            s.quit()
+        assert peer.wait_messages(1)
+        summary = ob.summary()[0]
+        assert summary["user"] == USER and summary["reason"] == "quit", summary
+        assert PASSWORD not in ob.tf.log_text()
+    finally:
+        peer.stop()
+
+
 if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--netns-child":
     _netns_child(*sys.argv[2:])

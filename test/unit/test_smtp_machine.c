@@ -77,7 +77,21 @@ struct run {
 	bool authenticated;
 	unsigned errors, messages;
 	enum smtp_phase phase;
+	bool has_user;		   /* smtp_machine_user() was not NULL */
+	char user[SASL_USER_SIZE]; /* its value */
 };
+
+/* Strings no run may show anywhere but in the bytes to the backend (a
+ * password, an AUTH payload): not in the client output, not in the machine
+ * struct, not in its held input. NULL-terminated; NULL when none. */
+static const char *const *run_secrets;
+
+static void assert_no_secret(const char *where, const void *p, size_t n)
+{
+	for (size_t i = 0; run_secrets && run_secrets[i]; i++)
+		if (p && n && memmem(p, n, run_secrets[i], strlen(run_secrets[i])))
+			fail_msg("secret \"%s\" found in %s", run_secrets[i], where);
+}
 
 static void run_free(struct run *r)
 {
@@ -213,6 +227,12 @@ static void run_script(const struct smtp_machine_config *cfg, const struct step 
 	r->errors = m.errors;
 	r->messages = m.messages;
 	r->phase = m.phase;
+	const char *user = smtp_machine_user(&m);
+	r->has_user = user != NULL;
+	snprintf(r->user, sizeof(r->user), "%s", user ? user : "");
+	assert_no_secret("the client output", r->client.data, r->client.len);
+	assert_no_secret("the machine struct", &m, sizeof(m));
+	assert_no_secret("the held client input", m.in.data, m.in.len);
 	smtp_machine_free(&m);
 
 	size_t at;
@@ -250,7 +270,8 @@ static void assert_same_run(const struct run *a, const struct run *b, const char
 	bool same = same_buf(&a->client, &b->client) && same_buf(&a->backend, &b->backend) &&
 		    a->nsteps == b->nsteps && a->close_step == b->close_step &&
 		    a->reason == b->reason && a->authenticated == b->authenticated &&
-		    a->errors == b->errors && a->phase == b->phase;
+		    a->errors == b->errors && a->phase == b->phase && a->has_user == b->has_user &&
+		    strcmp(a->user, b->user) == 0;
 	for (size_t i = 0; same && i <= a->nsteps; i++)
 		same = a->client_at[i] == b->client_at[i] && a->backend_at[i] == b->backend_at[i];
 	for (size_t i = 0; same && i < a->nsteps; i++)
@@ -1628,6 +1649,492 @@ static void test_s7_3_auth_continuation_too_long_cancels(void **state)
 	free(cont);
 }
 
+/* ---- §3.6 the SASL user name in the log ---------------------------------- */
+
+#define PLAIN_ALICE "AGFsaWNlAHMzY3JldA=="			       /* "\0alice\0s3cret" */
+#define B64_ALICE   "YWxpY2U="					       /* "alice" */
+#define B64_SECRET  "czNjcmV0"					       /* "s3cret" */
+#define CRAM_TIM    "dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw" /* RFC 2195 */
+
+static const char *const password_secrets[] = {"s3cret", B64_SECRET, PLAIN_ALICE, NULL};
+
+static struct smtp_machine_config cfg_auth(void)
+{
+	struct smtp_machine_config cfg = cfg_tcp();
+	cfg.tcp_auth = true;
+	return cfg;
+}
+
+/* Plays s with the password as a secret; r gets the whole run. */
+static void play_secret(const struct smtp_machine_config *cfg, const struct step *s, struct run *r)
+{
+	run_secrets = password_secrets;
+	play(cfg, s, r);
+	run_secrets = NULL;
+}
+
+static void expect_user(const struct run *r, const char *user)
+{
+	if (!user) {
+		if (r->has_user)
+			fail_msg("user \"%s\", want none", r->user);
+		return;
+	}
+	if (!r->has_user || strcmp(r->user, user) != 0)
+		fail_msg("user %s\"%s\", want \"%s\"", r->has_user ? "" : "(none) ", r->user, user);
+}
+
+/* Standard base64 with padding, for the test's own payloads. */
+static char *b64(const void *p, size_t n)
+{
+	static const char abc[] =
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	const unsigned char *s = p;
+	char *out = malloc(4 * ((n + 2) / 3) + 1);
+	assert_non_null(out);
+	size_t o = 0;
+	for (size_t i = 0; i < n; i += 3) {
+		unsigned v = (unsigned)s[i] << 16;
+		if (i + 1 < n)
+			v |= (unsigned)s[i + 1] << 8;
+		if (i + 2 < n)
+			v |= s[i + 2];
+		out[o++] = abc[(v >> 18) & 63];
+		out[o++] = abc[(v >> 12) & 63];
+		out[o++] = i + 1 < n ? abc[(v >> 6) & 63] : '=';
+		out[o++] = i + 2 < n ? abc[v & 63] : '=';
+	}
+	out[o] = '\0';
+	return out;
+}
+
+static void test_s3_6_user_plain_initial_response(void **state)
+{
+	struct smtp_machine_config cfg = cfg_auth();
+	const struct step s[] = {B(GREET),
+				 C("EHLO c\r\n"),
+				 B(EHLO_REPLY),
+				 C("AUTH PLAIN " PLAIN_ALICE "\r\n"),
+				 B("235 2.7.0 ok\r\n"),
+				 END};
+	struct run r;
+	play_secret(&cfg, s, &r);
+	expect_backend_step(&r, 3, "AUTH PLAIN " PLAIN_ALICE "\r\n");
+	assert_true(r.authenticated);
+	expect_user(&r, "alice");
+	run_free(&r);
+
+	/* With an authzid: the authcid is the name, as ever. Lower case. */
+	const struct step t[] = {B(GREET), C("auth plain YWRtaW4AYWxpY2UAczNjcmV0\r\n"),
+				 B("235 2.7.0 ok\r\n"), END};
+	play_secret(&cfg, t, &r);
+	expect_user(&r, "alice");
+	run_free(&r);
+}
+
+static void test_s3_6_user_plain_after_334(void **state)
+{
+	struct smtp_machine_config cfg = cfg_auth();
+	const struct step s[] = {B(GREET),
+				 C("AUTH PLAIN\r\n"),
+				 B("334 \r\n"),
+				 C(PLAIN_ALICE "\n"),
+				 B("235 2.7.0 ok\r\n"),
+				 END};
+	struct run r;
+	play_secret(&cfg, s, &r);
+	expect_backend(&r, "AUTH PLAIN\r\n" PLAIN_ALICE "\r\n");
+	expect_user(&r, "alice");
+	run_free(&r);
+
+	/* Nothing is named before the 235. */
+	const struct step t[] = {B(GREET), C("AUTH PLAIN\r\n"), B("334 \r\n"),
+				 C(PLAIN_ALICE "\r\n"), END};
+	play_secret(&cfg, t, &r);
+	assert_false(r.authenticated);
+	expect_user(&r, NULL);
+	run_free(&r);
+}
+
+static void test_s3_6_user_login(void **state)
+{
+	struct smtp_machine_config cfg = cfg_auth();
+	const struct step s[] = {B(GREET),
+				 C("AUTH LOGIN\r\n"),
+				 B("334 VXNlcm5hbWU6\r\n"),
+				 C(B64_ALICE "\r\n"),
+				 B("334 UGFzc3dvcmQ6\r\n"),
+				 C(B64_SECRET "\r\n"),
+				 B("235 2.7.0 ok\r\n"),
+				 END};
+	struct run r;
+	play_secret(&cfg, s, &r);
+	expect_backend(&r, "AUTH LOGIN\r\n" B64_ALICE "\r\n" B64_SECRET "\r\n");
+	expect_user(&r, "alice");
+	run_free(&r);
+
+	/* LOGIN's initial response is the user name; the next line is the
+	 * password, never read as one. */
+	const struct step t[] = {B(GREET),
+				 C("AUTH LOGIN " B64_ALICE "\r\n"),
+				 B("334 UGFzc3dvcmQ6\r\n"),
+				 C(B64_SECRET "\r\n"),
+				 B("235 2.7.0 ok\r\n"),
+				 END};
+	play_secret(&cfg, t, &r);
+	expect_user(&r, "alice");
+	run_free(&r);
+
+	/* A password line that decodes to a fine name is still not the name:
+	 * only the first line after AUTH LOGIN is read. */
+	const struct step u[] = {B(GREET),
+				 C("AUTH LOGIN\r\n"),
+				 B("334 VXNlcm5hbWU6\r\n"),
+				 C("!notbase64\r\n"),
+				 B("334 UGFzc3dvcmQ6\r\n"),
+				 C(B64_SECRET "\r\n"),
+				 B("235 2.7.0 ok\r\n"),
+				 END};
+	play_secret(&cfg, u, &r);
+	assert_true(r.authenticated);
+	expect_user(&r, NULL);
+	run_free(&r);
+}
+
+static void test_s3_6_user_cram_md5(void **state)
+{
+	struct smtp_machine_config cfg = cfg_auth();
+	const struct step s[] = {
+	    B(GREET),
+	    C("AUTH CRAM-MD5\r\n"),
+	    B("334 PDE4OTYuNjk3MTcwOTUyQHBvc3RvZmZpY2UucmVzdG9uLm1jaS5uZXQ+\r\n"),
+	    C(CRAM_TIM "\r\n"),
+	    B("235 2.7.0 ok\r\n"),
+	    END};
+	struct run r;
+	play(&cfg, s, &r);
+	expect_user(&r, "tim");
+	run_free(&r);
+
+	/* A response without a digest names no one. */
+	const struct step t[] = {B(GREET),
+				 C("AUTH CRAM-MD5\r\n"),
+				 B("334 PDE+\r\n"),
+				 C("dGltIGI5MTM=\r\n"),
+				 B("235 2.7.0 ok\r\n"),
+				 END};
+	play(&cfg, t, &r);
+	assert_true(r.authenticated);
+	expect_user(&r, NULL);
+	run_free(&r);
+}
+
+static void test_s3_6_user_other_mechanisms_none(void **state)
+{
+	/* Authenticated, but no name read: XOAUTH2, EXTERNAL, and PLAIN with
+	 * extra arguments. */
+	struct smtp_machine_config cfg = cfg_auth();
+	const struct step s[] = {B(GREET), C("AUTH XOAUTH2 dG9rZW4=\r\n"), B("235 2.7.0 ok\r\n"),
+				 END};
+	struct run r;
+	play(&cfg, s, &r);
+	assert_true(r.authenticated);
+	expect_user(&r, NULL);
+	run_free(&r);
+
+	const struct step t[] = {B(GREET), C("AUTH EXTERNAL =\r\n"), B("235 2.7.0 ok\r\n"), END};
+	play(&cfg, t, &r);
+	assert_true(r.authenticated);
+	expect_user(&r, NULL);
+	run_free(&r);
+
+	const struct step u[] = {B(GREET), C("AUTH PLAIN " PLAIN_ALICE " x\r\n"),
+				 B("235 2.7.0 ok\r\n"), END};
+	play_secret(&cfg, u, &r);
+	assert_true(r.authenticated);
+	expect_user(&r, NULL);
+	run_free(&r);
+}
+
+static void test_s3_6_user_failed_535_forgotten(void **state)
+{
+	/* alice fails; a later exchange that names no one succeeds: the log
+	 * must not name alice. */
+	struct smtp_machine_config cfg = cfg_auth();
+	const struct step s[] = {B(GREET),
+				 C("AUTH LOGIN\r\n"),
+				 B("334 VXNlcm5hbWU6\r\n"),
+				 C(B64_ALICE "\r\n"),
+				 B("334 UGFzc3dvcmQ6\r\n"),
+				 C(B64_SECRET "\r\n"),
+				 B("535 5.7.8 bad credentials\r\n"),
+				 C("AUTH EXTERNAL\r\n"),
+				 B("235 2.7.0 ok\r\n"),
+				 END};
+	struct run r;
+	play_secret(&cfg, s, &r);
+	assert_true(r.authenticated);
+	expect_user(&r, NULL);
+	run_free(&r);
+
+	/* A 535 alone: not authenticated, no name. */
+	const struct step t[] = {B(GREET), C("AUTH PLAIN " PLAIN_ALICE "\r\n"),
+				 B("535 5.7.8 bad credentials\r\n"), END};
+	play_secret(&cfg, t, &r);
+	assert_false(r.authenticated);
+	expect_user(&r, NULL);
+	run_free(&r);
+
+	/* A second AUTH after success is refused (RFC 4954 §4: 503): the
+	 * first name stays. */
+	const struct step u[] = {B(GREET),
+				 C("AUTH PLAIN " PLAIN_ALICE "\r\n"),
+				 B("235 2.7.0 ok\r\n"),
+				 C("AUTH PLAIN AGJvYgBzM2NyZXQ=\r\n"),
+				 B("503 5.5.1 already authenticated\r\n"),
+				 END};
+	play_secret(&cfg, u, &r);
+	expect_user(&r, "alice");
+	run_free(&r);
+}
+
+static void test_s3_6_user_cancel_forgotten(void **state)
+{
+	struct smtp_machine_config cfg = cfg_auth();
+	/* The client cancels with "*" (the backend's 501 ends it). */
+	const struct step s[] = {B(GREET),
+				 C("AUTH LOGIN\r\n"),
+				 B("334 VXNlcm5hbWU6\r\n"),
+				 C(B64_ALICE "\r\n"),
+				 B("334 UGFzc3dvcmQ6\r\n"),
+				 C("*\r\n"),
+				 B("501 5.7.0 cancelled\r\n"),
+				 C("AUTH EXTERNAL\r\n"),
+				 B("235 2.7.0 ok\r\n"),
+				 END};
+	struct run r;
+	play(&cfg, s, &r);
+	assert_true(r.authenticated);
+	expect_user(&r, NULL);
+	run_free(&r);
+
+	/* tlsfront cancels (§7.3, a NUL in the password line); the backend's
+	 * answer to "*" is its own, and a later 235 names no one. */
+	const struct step t[] = {B(GREET),
+				 C("AUTH LOGIN " B64_ALICE "\r\n"),
+				 B("334 UGFzc3dvcmQ6\r\n"),
+				 C("czNj\0cmV0\r\n"),
+				 B("501 5.7.0 cancelled\r\n"),
+				 C("AUTH EXTERNAL\r\n"),
+				 B("235 2.7.0 ok\r\n"),
+				 END};
+	play(&cfg, t, &r);
+	expect_backend(&r, "AUTH LOGIN " B64_ALICE "\r\n*\r\nAUTH EXTERNAL\r\n");
+	assert_true(r.authenticated);
+	expect_user(&r, NULL);
+	run_free(&r);
+
+	/* "*" as LOGIN's first line is a cancel, not a name. */
+	const struct step u[] = {
+	    B(GREET),	C("AUTH LOGIN\r\n"),	       B("334 VXNlcm5hbWU6\r\n"),
+	    C("*\r\n"), B("235 2.7.0 odd but ok\r\n"), END};
+	play(&cfg, u, &r);
+	expect_user(&r, NULL);
+	run_free(&r);
+}
+
+static void test_s3_6_user_forgotten_after_starttls(void **state)
+{
+	/* RFC 3207 §4.2: nothing of the plaintext phase survives STARTTLS. */
+	struct smtp_machine_config cfg = cfg_auth();
+	const struct step s[] = {B(GREET),
+				 C("AUTH PLAIN " PLAIN_ALICE "\r\n"),
+				 B("235 2.7.0 ok\r\n"),
+				 C("STARTTLS\r\n"),
+				 TLS,
+				 B("250 rset\r\n"),
+				 END};
+	struct run r;
+	play_secret(&cfg, s, &r);
+	assert_false(r.authenticated);
+	expect_user(&r, NULL);
+	run_free(&r);
+
+	/* A candidate of an exchange still running before the STARTTLS is
+	 * gone too. */
+	const struct step t[] = {B(GREET),
+				 C("AUTH PLAIN " PLAIN_ALICE "\r\n"),
+				 B("535 5.7.8 no\r\n"),
+				 C("STARTTLS\r\n"),
+				 TLS,
+				 B("250 rset\r\n"),
+				 C("EHLO c\r\n"),
+				 B(EHLO_REPLY),
+				 C("AUTH EXTERNAL\r\n"),
+				 B("235 2.7.0 ok\r\n"),
+				 END};
+	play_secret(&cfg, t, &r);
+	assert_true(r.authenticated);
+	expect_user(&r, NULL);
+	run_free(&r);
+}
+
+static void test_s3_6_user_invalid_or_too_long_none(void **state)
+{
+	struct smtp_machine_config cfg = cfg_auth();
+	struct run r;
+	/* Not base64, bad padding, base64 of no name, of names a log line
+	 * must not hold (a control byte, invalid UTF-8): authenticated, no
+	 * name. */
+	static const char *const bad[] = {
+	    "AUTH PLAIN !!!!\r\n",
+	    "AUTH PLAIN AGFsaWNlAHMzY3JldA=\r\n",   /* padding cut short */
+	    "AUTH PLAIN AGFsaWNlAHMzY3JldA===\r\n", /* too much padding */
+	    "AUTH PLAIN AGFsa WNlAHMzY3JldA==\r\n", /* more arguments */
+	    "AUTH PLAIN YWxpY2UAczNjcmV0\r\n",	    /* one NUL only */
+	    "AUTH PLAIN AABzM2NyZXQ=\r\n",	    /* empty authcid */
+	    "AUTH PLAIN =\r\n",			    /* empty message */
+	    "AUTH PLAIN AGFsAWljZQBzM2NyZXQ=\r\n",  /* "al\x01ice" */
+	    "AUTH PLAIN AGFs/2ljZQBzM2NyZXQ=\r\n",  /* "al\xffice" */
+	};
+	for (size_t i = 0; i < COUNT(bad); i++) {
+		const struct step s[] = {B(GREET), CN(bad[i], strlen(bad[i])),
+					 B("235 2.7.0 ok\r\n"), END};
+		play_secret(&cfg, s, &r);
+		assert_true(r.authenticated);
+		if (r.has_user)
+			fail_msg("%s gave user \"%s\"", bad[i], r.user);
+		run_free(&r);
+	}
+
+	/* LOGIN: 255 bytes are kept, 256 are too long. */
+	char name[300];
+	memset(name, 'a', sizeof(name));
+	for (size_t len = 255; len <= 256; len++) {
+		char *enc = b64(name, len);
+		char line[512];
+		int n = snprintf(line, sizeof(line), "%s\r\n", enc);
+		const struct step s[] = {B(GREET),
+					 C("AUTH LOGIN\r\n"),
+					 B("334 VXNlcm5hbWU6\r\n"),
+					 CN(line, (size_t)n),
+					 B("334 UGFzc3dvcmQ6\r\n"),
+					 C(B64_SECRET "\r\n"),
+					 B("235 2.7.0 ok\r\n"),
+					 END};
+		run_secrets = password_secrets;
+		run_script(&cfg, s, (size_t)-1, 0, 0, &r);
+		run_secrets = NULL;
+		assert_true(r.authenticated);
+		if (len == 255) {
+			assert_true(r.has_user);
+			assert_int_equal(strlen(r.user), 255);
+		} else {
+			expect_user(&r, NULL);
+		}
+		run_free(&r);
+		free(enc);
+	}
+
+	/* PLAIN: a message longer than any honest one names no one, though
+	 * its authcid is short. */
+	unsigned char msg[1100];
+	memset(msg, 'p', sizeof(msg));
+	memcpy(msg, "\0bob\0", 5);
+	char *enc = b64(msg, sizeof(msg));
+	size_t len = strlen("AUTH PLAIN ") + strlen(enc) + 2;
+	char *line = malloc(len + 1);
+	assert_non_null(line);
+	snprintf(line, len + 1, "AUTH PLAIN %s\r\n", enc);
+	const struct step s[] = {B(GREET), CN(line, len), B("235 2.7.0 ok\r\n"), END};
+	run_script(&cfg, s, (size_t)-1, 0, 0, &r);
+	assert_true(r.authenticated);
+	expect_user(&r, NULL);
+	run_free(&r);
+	free(line);
+	free(enc);
+}
+
+static void test_s3_6_user_quoting_left_to_the_log(void **state)
+{
+	/* Printable names a key=value log must quote (space, '"', '\\') and
+	 * UTF-8 are kept as they are; log_value() quotes them. */
+	struct smtp_machine_config cfg = cfg_auth();
+	const struct step s[] = {B(GREET), C("AUTH PLAIN AGrDvHJnZW4gInEiIGJccwBzM2NyZXQ=\r\n"),
+				 B("235 2.7.0 ok\r\n"), END};
+	struct run r;
+	play_secret(&cfg, s, &r);
+	expect_user(&r, "j\xc3\xbcrgen \"q\" b\\s");
+	run_free(&r);
+}
+
+static void test_s3_6_sasl_line_wiped_from_held_input(void **state)
+{
+	/* The SASL line is wiped before the held input moves on: the bytes
+	 * it filled hold no copy once the next (incomplete) line moves down.
+	 * Only the bytes this feed wrote are looked at. */
+	struct smtp_machine_config cfg = cfg_auth();
+	struct smtp_machine m;
+	smtp_machine_init(&m, &cfg);
+	smtp_machine_feed_backend(&m, GREET, strlen(GREET));
+	smtp_machine_feed_client(&m, "AUTH PLAIN\r\n", 12);
+	smtp_machine_feed_backend(&m, "334 \r\n", 6);
+	static const char more[] = PLAIN_ALICE "\r\nNOOP";
+	smtp_machine_feed_client(&m, more, sizeof(more) - 1);
+	assert_int_equal(m.in.len, 4);
+	assert_memory_equal(m.in.data, "NOOP", 4);
+	assert_true(m.in.cap >= sizeof(more) - 1);
+	assert_null(memmem(m.in.data, sizeof(more) - 1, "AGFs", 4));
+	assert_null(memmem(m.in.data, sizeof(more) - 1, "JldA", 4));
+	assert_non_null(memmem(m.act.to_backend.data, m.act.to_backend.len, PLAIN_ALICE, 20));
+	smtp_machine_free(&m);
+}
+
+static void test_s3_6_sasl_user_functions(void **state)
+{
+	const char *ir;
+	size_t ir_len;
+	assert_int_equal(sasl_auth_line("AUTH PLAIN", 10, &ir, &ir_len), SASL_MECH_PLAIN);
+	assert_null(ir);
+	assert_int_equal(sasl_auth_line("auth\tlogin  YWxpY2U= ", 21, &ir, &ir_len),
+			 SASL_MECH_LOGIN);
+	assert_non_null(ir);
+	assert_int_equal(ir_len, 8);
+	assert_memory_equal(ir, "YWxpY2U=", 8);
+	assert_int_equal(sasl_auth_line("AUTH cram-md5", 13, &ir, &ir_len), SASL_MECH_CRAM_MD5);
+	assert_int_equal(sasl_auth_line("AUTH", 4, &ir, &ir_len), SASL_MECH_OTHER);
+	assert_int_equal(sasl_auth_line("AUTH PLAINX", 11, &ir, &ir_len), SASL_MECH_OTHER);
+	assert_int_equal(sasl_auth_line("AUTH PLAIN a b", 14, &ir, &ir_len), SASL_MECH_OTHER);
+	assert_null(ir);
+
+	/* The output buffer holds the name and nothing of the password. */
+	char out[SASL_USER_SIZE];
+	memset(out, 'X', sizeof(out));
+	assert_true(sasl_user_extract(SASL_MECH_PLAIN, PLAIN_ALICE, strlen(PLAIN_ALICE), out));
+	assert_string_equal(out, "alice");
+	assert_null(memmem(out, sizeof(out), "s3cret", 6));
+	assert_null(memmem(out, sizeof(out), "s3c", 3));
+	/* Unpadded base64 is read too. */
+	assert_true(sasl_user_extract(SASL_MECH_LOGIN, "YWxpY2U", 7, out));
+	assert_string_equal(out, "alice");
+	assert_false(sasl_user_extract(SASL_MECH_OTHER, "YWxpY2U=", 8, out));
+	assert_string_equal(out, "");
+	assert_false(sasl_user_extract(SASL_MECH_LOGIN, "Y", 1, out));
+	assert_string_equal(out, "");
+
+	assert_true(sasl_user_acceptable("alice@example.org", 17));
+	assert_true(sasl_user_acceptable("\xe2\x82\xac", 3));	  /* U+20AC */
+	assert_true(sasl_user_acceptable("\xf0\x9f\x98\x80", 4)); /* U+1F600 */
+	assert_false(sasl_user_acceptable("", 0));
+	assert_false(sasl_user_acceptable("a\nb", 3));
+	assert_false(sasl_user_acceptable("a\x7f", 2));
+	assert_false(sasl_user_acceptable("\xc2\x85", 2));	   /* C1 NEL */
+	assert_false(sasl_user_acceptable("\xc0\xaf", 2));	   /* overlong '/' */
+	assert_false(sasl_user_acceptable("\xed\xa0\x80", 3));	   /* surrogate */
+	assert_false(sasl_user_acceptable("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
+	assert_false(sasl_user_acceptable("\xe2\x82", 2));	   /* truncated */
+}
+
 /* ---- §3.7 ---------------------------------------------------------------- */
 
 #define TO_DATA B(GREET), C(ENVELOPE), B("250 ok\r\n250 ok\r\n354 go ahead\r\n")
@@ -2096,6 +2603,18 @@ int main(void)
 	    cmocka_unit_test(test_s3_2_auth_lines_up_to_12288),
 	    cmocka_unit_test(test_s7_3_auth_continuation_nul_cancels),
 	    cmocka_unit_test(test_s7_3_auth_continuation_too_long_cancels),
+	    cmocka_unit_test(test_s3_6_user_plain_initial_response),
+	    cmocka_unit_test(test_s3_6_user_plain_after_334),
+	    cmocka_unit_test(test_s3_6_user_login),
+	    cmocka_unit_test(test_s3_6_user_cram_md5),
+	    cmocka_unit_test(test_s3_6_user_other_mechanisms_none),
+	    cmocka_unit_test(test_s3_6_user_failed_535_forgotten),
+	    cmocka_unit_test(test_s3_6_user_cancel_forgotten),
+	    cmocka_unit_test(test_s3_6_user_forgotten_after_starttls),
+	    cmocka_unit_test(test_s3_6_user_invalid_or_too_long_none),
+	    cmocka_unit_test(test_s3_6_user_quoting_left_to_the_log),
+	    cmocka_unit_test(test_s3_6_sasl_line_wiped_from_held_input),
+	    cmocka_unit_test(test_s3_6_sasl_user_functions),
 	    cmocka_unit_test(test_s3_7_held_before_354_then_sent),
 	    cmocka_unit_test(test_s3_7_held_discarded_when_data_refused),
 	    cmocka_unit_test(test_s3_7_true_end_of_data_only),
