@@ -360,8 +360,17 @@ static void on_reply(struct outbound_nego *n, int code, const char *text, size_t
 		break;
 	default:
 		/* Unsolicited while the legacy server has nothing pending
-		 * (NEGO_HELLO): a peer's 421 before it closes. Pass it on. */
-		to_legacy(n, text, len);
+		 * (NEGO_HELLO). A peer's 421 before it closes is passed on;
+		 * anything else would be taken by the legacy server as the
+		 * reply to its next command (a fake EHLO reply, replies out of
+		 * step), so it is never relayed. */
+		if (code == 421) {
+			to_legacy(n, text, len);
+			close_nego(n, CLOSE_BACKEND_CLOSED);
+			return;
+		}
+		n->act.note = "unsolicited reply from peer";
+		say_and_close(n, "421 4.4.1", "Error: next hop failure", CLOSE_ERROR);
 		break;
 	}
 }

@@ -556,8 +556,12 @@ static void handle_reply(struct smtp_machine *m, int code, const char *text, siz
 	}
 	struct smtp_pending *head = fifo_peek(m);
 	if (!head) {
-		/* Unsolicited (a backend's 421 before it closes): pass on. */
-		relay(m, code, text, len);
+		/* Unsolicited (its 421 was handled above): relayed, it would be
+		 * taken as the reply to the client's next command and put every
+		 * later reply out of step. A peer that does it outbound may be
+		 * hostile; never relay it. */
+		m->act.note = "unsolicited reply from backend";
+		say_and_close(m, "421 4.3.0", "Error: backend failure", CLOSE_ERROR);
 		return;
 	}
 	struct smtp_pending p = *head;

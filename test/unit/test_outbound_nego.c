@@ -517,6 +517,40 @@ static void test_s4_2_pipelined_commands_are_held_for_the_machine(void **state)
 	assert_split_invariant(steps, TF_OUT_TLS_NEGOTIATED);
 }
 
+/* A reply before the legacy server asked for one is never relayed: it would
+ * be read as the reply to its EHLO (here a fake one offering STARTTLS). A
+ * 421 is the peer closing and is passed on. */
+static void test_s4_2_unsolicited_peer_reply_is_not_relayed(void **state)
+{
+	(void)state;
+	static const struct step steps[] = {
+	    {PEER, GREETING "250-peer.example\r\n250 STARTTLS\r\n"},
+	    {LEGACY, "EHLO legacy.test\r\n"},
+	    {END, NULL},
+	};
+	struct transcript t;
+	run(steps, TF_OUT_TLS_REQUIRED, 0, &t);
+	const char want[] = GREETING "421 4.4.1 ";
+	assert_true(t.legacy.len > strlen(want));
+	assert_memory_equal(t.legacy.data, want, strlen(want));
+	assert_null(memmem(t.legacy.data, t.legacy.len, "STARTTLS", 8));
+	assert_buf(&t.peer, "");
+	assert_null(memchr(t.events.data, 'D', t.events.len));
+	transcript_free(&t);
+	assert_split_invariant(steps, TF_OUT_TLS_REQUIRED);
+
+	static const struct step closing[] = {
+	    {PEER, GREETING "421 4.3.2 going down\r\n"},
+	    {LEGACY, "EHLO legacy.test\r\n"},
+	    {END, NULL},
+	};
+	run(closing, TF_OUT_TLS_NEGOTIATED, 0, &t);
+	assert_buf(&t.legacy, GREETING "421 4.3.2 going down\r\n");
+	assert_buf(&t.peer, "");
+	transcript_free(&t);
+	assert_split_invariant(closing, TF_OUT_TLS_NEGOTIATED);
+}
+
 static void test_s4_2_commands_before_ehlo(void **state)
 {
 	(void)state;
@@ -682,6 +716,7 @@ int main(void)
 	    cmocka_unit_test(test_s4_5_retry_sends_helo),
 	    cmocka_unit_test(test_s4_2_helo_to_an_old_peer_without_ehlo),
 	    cmocka_unit_test(test_s4_2_pipelined_commands_are_held_for_the_machine),
+	    cmocka_unit_test(test_s4_2_unsolicited_peer_reply_is_not_relayed),
 	    cmocka_unit_test(test_s4_2_commands_before_ehlo),
 	    cmocka_unit_test(test_s4_2_quit_and_http_before_ehlo),
 	    cmocka_unit_test(test_s4_2_1_bad_greeting_and_failures),

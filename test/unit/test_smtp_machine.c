@@ -1035,6 +1035,30 @@ static void test_s3_2_malformed_backend_reply_421(void **state)
 	run_free(&r);
 }
 
+/* A reply that answers no command is never relayed: the client would take
+ * it for the reply to its next command, and every later one would be out of
+ * step (outbound, a hostile peer could steer the legacy server so). */
+static void test_s3_2_unsolicited_backend_reply_421(void **state)
+{
+	struct smtp_machine_config cfg = cfg_tcp();
+	const struct step s[] = {B(GREET "250-fake\r\n250 STARTTLS\r\n"), C("EHLO c.test\r\n"),
+				 B("250 real\r\n"), END};
+	struct run r;
+	play(&cfg, s, &r);
+	expect_client(&r, GREET "421 4.3.0 *\r\n");
+	expect_backend(&r, "");
+	expect_close(&r, 0, CLOSE_ERROR);
+	run_free(&r);
+	/* After every reply has come: one more is just as unsolicited. */
+	const struct step t[] = {B(GREET), C("NOOP\r\n"), B("250 ok\r\n250 extra\r\n"),
+				 C("NOOP\r\n"), END};
+	play(&cfg, t, &r);
+	expect_client(&r, GREET "250 ok\r\n421 4.3.0 *\r\n");
+	expect_backend(&r, "NOOP\r\n");
+	expect_close(&r, 2, CLOSE_ERROR);
+	run_free(&r);
+}
+
 static void test_s7_1_closing_reply_has_enhanced_code_first(void **state)
 {
 	/* RFC 2034: the enhanced status code comes right after the reply
@@ -2575,6 +2599,7 @@ int main(void)
 	    cmocka_unit_test(test_s3_2_quit_221_relayed_close_quit),
 	    cmocka_unit_test(test_s3_2_backend_closed_421_4_3_0),
 	    cmocka_unit_test(test_s3_2_backend_421_passed_on_once),
+	    cmocka_unit_test(test_s3_2_unsolicited_backend_reply_421),
 	    cmocka_unit_test(test_s3_2_timeout_421_4_4_2),
 	    cmocka_unit_test(test_s3_2_shutdown_421),
 	    cmocka_unit_test(test_s3_2_malformed_backend_reply_421),
