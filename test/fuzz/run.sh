@@ -31,4 +31,6 @@ if [ -f test/fuzz/fuzz_smtp_machine.c ]; then
 	run fuzz_smtp_machine test/fuzz/fuzz_smtp_machine.c proxy/smtp/*.c policy/smtp_rules.c \
 		policy/outbound_policy.c
 fi
+run fuzz_outbound_nego test/fuzz/fuzz_outbound_nego.c proxy/smtp/*.c policy/smtp_rules.c \
+	policy/outbound_policy.c
 exit $status
