@@ -10,12 +10,14 @@
  * Never makes an SMTP or TLS policy decision: replies, the retry and the
  * refusals come from outbound_nego and the machine. Never hands the peer's
  * plaintext after its 220 to STARTTLS to anyone. Never frees a session
- * outside the last close callback.
+ * outside the last close callback. The handles' lifecycle (the count, the
+ * linger on close) is conn_life.c's.
  */
 #include "proxy/outbound.h"
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +37,8 @@
 #endif
 
 #define OUTBOUND_MAX_IN_FLIGHT (256 * 1024)
-#define OUTBOUND_LINGER_MS     10000
+
+_Static_assert(offsetof(struct outbound, life) == 0, "conn_life.h: life comes first");
 
 static atomic_ulong outbound_counter;
 
@@ -45,7 +48,7 @@ static void connect_peer(struct outbound *s);
 
 static uv_stream_t *legacy_stream(struct outbound *s)
 {
-	return (uv_stream_t *)&s->legacy;
+	return (uv_stream_t *)&s->life.accepted;
 }
 
 static uv_stream_t *peer_stream(struct outbound *s)
@@ -55,9 +58,11 @@ static uv_stream_t *peer_stream(struct outbound *s)
 
 /* ---- closing ----------------------------------------------------------- */
 
-static void free_outbound(struct outbound *s)
+/* The release of conn_life.h: the last close callback. */
+static void free_outbound(struct conn_life *l)
 {
-	struct worker *w = s->worker;
+	struct outbound *s = (struct outbound *)l;
+	struct worker *w = s->life.worker;
 	if (s->prev)
 		s->prev->next = s->next;
 	else
@@ -71,33 +76,19 @@ static void free_outbound(struct outbound *s)
 	endpoint_free_tls(&s->peer_ep);
 	app_unref(s->app);
 	free(s);
-	worker_session_ended(w);
-}
-
-static void handle_closed_cb(uv_handle_t *h)
-{
-	struct outbound *s = h->data;
-	if (--s->open_handles == 0)
-		free_outbound(s);
-}
-
-static void close_handle(uv_handle_t *h)
-{
-	if (!uv_is_closing(h))
-		uv_close(h, handle_closed_cb);
 }
 
 static void close_peers(struct outbound *s)
 {
 	for (unsigned i = 0; i < OUTBOUND_PEER_HANDLES; i++)
 		if (s->peer_open[i])
-			close_handle((uv_handle_t *)&s->peer[i]);
+			conn_life_close_handle((uv_handle_t *)&s->peer[i]);
 }
 
 static void log_summary(struct outbound *s)
 {
 	char sni_value[300];
-	double duration = (double)(uv_now(&s->worker->loop) - s->start_ms) / 1000.0;
+	double duration = conn_life_seconds(&s->life);
 	unsigned messages = s->spliced ? s->machine.messages : 0;
 	/* The legacy server's SASL user name at the peer, as inbound. */
 	const char *user = s->spliced ? smtp_machine_user(&s->machine) : NULL;
@@ -114,20 +105,6 @@ static void log_summary(struct outbound *s)
 		smtp_close_reason_name(s->reason));
 }
 
-static void legacy_shutdown_cb(uv_shutdown_t *req, int status)
-{
-	struct outbound *s = req->data;
-	close_handle((uv_handle_t *)&s->legacy);
-	close_handle((uv_handle_t *)&s->timer);
-}
-
-static void linger_cb(uv_timer_t *t)
-{
-	struct outbound *s = t->data;
-	close_handle((uv_handle_t *)&s->legacy);
-	close_handle((uv_handle_t *)&s->timer);
-}
-
 static void outbound_close(struct outbound *s, enum smtp_close_reason reason)
 {
 	if (s->closing)
@@ -138,19 +115,8 @@ static void outbound_close(struct outbound *s, enum smtp_close_reason reason)
 	if (s->resolving)
 		uv_cancel((uv_req_t *)&s->gai);
 	close_peers(s);
-	if (uv_is_closing((uv_handle_t *)&s->legacy)) {
-		close_handle((uv_handle_t *)&s->timer);
-		return;
-	}
-	uv_read_stop(legacy_stream(s));
-	s->shutdown_req.data = s;
-	if (reason == CLOSE_CLIENT_CLOSED ||
-	    uv_shutdown(&s->shutdown_req, legacy_stream(s), legacy_shutdown_cb) != 0) {
-		close_handle((uv_handle_t *)&s->legacy);
-		close_handle((uv_handle_t *)&s->timer);
-		return;
-	}
-	uv_timer_start(&s->timer, linger_cb, OUTBOUND_LINGER_MS, 0);
+	if (conn_life_begin_close(&s->life))
+		conn_life_linger(&s->life, reason == CLOSE_CLIENT_CLOSED);
 }
 
 void outbound_shutdown(struct outbound *s)
@@ -269,11 +235,6 @@ static void timer_cb(uv_timer_t *t)
 	outbound_step(s);
 }
 
-static void arm_timer(struct outbound *s, unsigned seconds)
-{
-	uv_timer_start(&s->timer, timer_cb, (uint64_t)seconds * 1000, 0);
-}
-
 /* ---- TLS on the peer leg ----------------------------------------------- */
 
 static void tls_failed(struct outbound *s)
@@ -305,7 +266,7 @@ static void do_handshake(struct outbound *s)
 	log_msg(TF_LOG_INFO, "event=tls id=%s peer=%s tls=%s cipher=%s sni=%s verified=%s", s->id,
 		s->peer_addr, tls_io_version(s->peer_ep.tls), tls_io_cipher(s->peer_ep.tls),
 		log_value(sni_value, sizeof(sni_value), s->sni), s->verified ? "yes" : "no");
-	arm_timer(s, s->app->cfg.limits.idle_timeout);
+	conn_life_arm(&s->life, s->app->cfg.limits.idle_timeout);
 	outbound_nego_tls_established(&s->nego);
 	outbound_step(s);
 	pump_tls(s);
@@ -329,7 +290,7 @@ static void begin_tls(struct outbound *s)
 	if (name && inet_pton(AF_INET, name, ip) != 1 && inet_pton(AF_INET6, name, ip) != 1)
 		snprintf(s->sni, sizeof(s->sni), "%s", name); /* as creds_client_session */
 	s->handshaking = true;
-	arm_timer(s, s->app->cfg.tls.handshake_timeout);
+	conn_life_arm(&s->life, s->app->cfg.tls.handshake_timeout);
 	do_handshake(s); /* the ClientHello */
 }
 
@@ -406,14 +367,8 @@ static const struct endpoint_pump_ops peer_pump_ops = {
 /* Decrypts what the peer sent, feeding nego or the machine, while wanted. */
 static void pump_tls(struct outbound *s)
 {
-	endpoint_pump(&s->peer_ep, s->worker->plain_buf, sizeof(s->worker->plain_buf),
+	endpoint_pump(&s->peer_ep, s->life.worker->plain_buf, sizeof(s->life.worker->plain_buf),
 		      &peer_pump_ops, s);
-}
-
-static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
-{
-	struct outbound *s = h->data;
-	*b = uv_buf_init(s->worker->read_buf, sizeof(s->worker->read_buf));
 }
 
 static void legacy_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
@@ -466,9 +421,9 @@ static void peer_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 
 static void update_reads(struct outbound *s)
 {
-	endpoint_set_reading(&s->legacy_ep, legacy_wanted(s), alloc_cb, legacy_read_cb);
+	endpoint_set_reading(&s->legacy_ep, legacy_wanted(s), conn_life_alloc_cb, legacy_read_cb);
 	if (s->peer_connected && !s->peer_gone)
-		endpoint_set_reading(&s->peer_ep, peer_wanted(s), alloc_cb, peer_read_cb);
+		endpoint_set_reading(&s->peer_ep, peer_wanted(s), conn_life_alloc_cb, peer_read_cb);
 }
 
 /* ---- the strategy step ------------------------------------------------- */
@@ -477,7 +432,7 @@ static void update_reads(struct outbound *s)
 static void reconnect(struct outbound *s)
 {
 	if (s->peer_open[s->cur])
-		close_handle((uv_handle_t *)&s->peer[s->cur]);
+		conn_life_close_handle((uv_handle_t *)&s->peer[s->cur]);
 	endpoint_free_tls(&s->peer_ep);
 	snprintf(s->sni, sizeof(s->sni), "none");
 	s->handshaking = false;
@@ -487,7 +442,7 @@ static void reconnect(struct outbound *s)
 	s->fallback = true;
 	s->retrying = true;
 	s->cur++; /* a fresh handle, to the address that answered */
-	arm_timer(s, s->app->cfg.outbound.connect_timeout);
+	conn_life_arm(&s->life, s->app->cfg.outbound.connect_timeout);
 	connect_peer(s);
 }
 
@@ -500,7 +455,7 @@ static void splice_machine(struct outbound *s)
 	if (len)
 		smtp_machine_feed_client(&s->machine, held, len);
 	free(held);
-	arm_timer(s, s->app->cfg.limits.idle_timeout);
+	conn_life_arm(&s->life, s->app->cfg.limits.idle_timeout);
 }
 
 static void log_nego(struct outbound *s, const struct nego_actions *a)
@@ -588,7 +543,7 @@ static void outbound_step(struct outbound *s)
 			s->peer_addr, tls_io_version(s->peer_ep.tls), s->machine.messages);
 	}
 	if (a->progress && !s->handshaking)
-		arm_timer(s, s->app->cfg.limits.idle_timeout);
+		conn_life_arm(&s->life, s->app->cfg.limits.idle_timeout);
 	bool close = a->close;
 	enum smtp_close_reason reason = a->reason;
 	smtp_machine_clear_actions(&s->machine);
@@ -614,10 +569,10 @@ static void peer_connect_failed(struct outbound *s, const char *error)
 	log_msg(TF_LOG_WARN, "event=peer_unavailable id=%s peer=%s error=\"%s\"%s", s->id,
 		s->peer_addr, error, next ? " next=address" : "");
 	if (next) {
-		close_handle((uv_handle_t *)&s->peer[s->cur]);
+		conn_life_close_handle((uv_handle_t *)&s->peer[s->cur]);
 		s->cur++;
 		s->dest_i++;
-		arm_timer(s, s->app->cfg.outbound.connect_timeout);
+		conn_life_arm(&s->life, s->app->cfg.outbound.connect_timeout);
 		connect_peer(s);
 		return;
 	}
@@ -640,7 +595,7 @@ static void connect_cb(uv_connect_t *req, int status)
 	uv_tcp_nodelay(&s->peer[s->cur], 1);
 	if (s->retrying)
 		outbound_nego_reconnected(&s->nego);
-	arm_timer(s, s->app->cfg.limits.idle_timeout);
+	conn_life_arm(&s->life, s->app->cfg.limits.idle_timeout);
 	outbound_step(s);
 }
 
@@ -648,11 +603,11 @@ static void connect_peer(struct outbound *s)
 {
 	unsigned i = s->cur;
 	struct sockaddr *dest = (struct sockaddr *)&s->dests[s->dest_i];
-	uv_tcp_init(&s->worker->loop, &s->peer[i]);
+	uv_tcp_init(&s->life.worker->loop, &s->peer[i]);
 	s->peer[i].data = s;
 	s->peer_ep.stream = (uv_stream_t *)&s->peer[i];
 	s->peer_open[i] = true;
-	s->open_handles++;
+	conn_life_ref(&s->life);
 	s->connect_req[i].data = s;
 	address_format(dest, s->peer_addr, sizeof(s->peer_addr));
 	int rc = uv_tcp_connect(&s->connect_req[i], &s->peer[i], dest, connect_cb);
@@ -680,8 +635,7 @@ static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 		connect_peer(s);
 	}
 	/* Counted like a handle so that the session outlives the request. */
-	if (--s->open_handles == 0)
-		free_outbound(s);
+	conn_life_unref(&s->life);
 }
 
 static bool same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
@@ -702,7 +656,7 @@ static bool same_address(const struct sockaddr_storage *a, const struct sockaddr
 static bool original_destination(struct outbound *s)
 {
 	uv_os_fd_t fd;
-	if (uv_fileno((uv_handle_t *)&s->legacy, &fd) != 0)
+	if (uv_fileno((uv_handle_t *)&s->life.accepted, &fd) != 0)
 		return false;
 	struct sockaddr_storage *dest = &s->dests[0];
 	socklen_t len = sizeof(*dest);
@@ -736,7 +690,7 @@ static bool original_destination(struct outbound *s)
 static void start_peer(struct outbound *s)
 {
 	const char *hop = s->app->cfg.outbound.next_hop;
-	arm_timer(s, s->app->cfg.outbound.connect_timeout);
+	conn_life_arm(&s->life, s->app->cfg.outbound.connect_timeout);
 	if (strcmp(hop, "original-destination") == 0) {
 		if (!original_destination(s)) {
 			outbound_nego_peer_unavailable(&s->nego);
@@ -772,7 +726,7 @@ static void start_peer(struct outbound *s)
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
 	s->gai.data = s;
 	snprintf(s->peer_addr, sizeof(s->peer_addr), "%s", hop);
-	int rc = uv_getaddrinfo(&s->worker->loop, &s->gai, gai_cb, s->host, service, &hints);
+	int rc = uv_getaddrinfo(&s->life.worker->loop, &s->gai, gai_cb, s->host, service, &hints);
 	if (rc != 0) {
 		log_msg(TF_LOG_WARN, "event=peer_unavailable id=%s next_hop=%s error=\"%s\"", s->id,
 			hop, uv_strerror(rc));
@@ -781,7 +735,7 @@ static void start_peer(struct outbound *s)
 		return;
 	}
 	s->resolving = true;
-	s->open_handles++;
+	conn_life_ref(&s->life);
 }
 
 static void machine_config(const struct app *app, struct smtp_machine_config *mc)
@@ -806,23 +760,15 @@ void outbound_accept(struct listener *l)
 		worker_drop_connection(l);
 		return;
 	}
-	s->worker = w;
-	s->start_ms = uv_now(&w->loop);
+	conn_life_init(&s->life, w, timer_cb, free_outbound);
 	snprintf(s->id, sizeof(s->id), "o%lx", atomic_fetch_add(&outbound_counter, 1) + 1);
-	uv_tcp_init(&w->loop, &s->legacy);
-	s->legacy.data = s;
 	s->legacy_ep.stream = legacy_stream(s);
-	s->open_handles++;
-	uv_timer_init(&w->loop, &s->timer);
-	s->timer.data = s;
-	s->open_handles++;
 	s->app = w->app;
 	app_ref(s->app);
 	s->next = w->outbounds;
 	if (w->outbounds)
 		w->outbounds->prev = s;
 	w->outbounds = s;
-	w->n_sessions++;
 	snprintf(s->legacy_addr, sizeof(s->legacy_addr), "unknown");
 	snprintf(s->peer_addr, sizeof(s->peer_addr), "none");
 	snprintf(s->sni, sizeof(s->sni), "none");
@@ -837,13 +783,12 @@ void outbound_accept(struct listener *l)
 
 	if (uv_accept((uv_stream_t *)&l->handle, legacy_stream(s)) != 0) {
 		s->closing = true;
-		close_handle((uv_handle_t *)&s->legacy);
-		close_handle((uv_handle_t *)&s->timer);
+		conn_life_close_now(&s->life);
 		return;
 	}
-	uv_tcp_nodelay(&s->legacy, 1);
+	uv_tcp_nodelay(&s->life.accepted, 1);
 	int len = sizeof(s->legacy_ss);
-	uv_tcp_getpeername(&s->legacy, (struct sockaddr *)&s->legacy_ss, &len);
+	uv_tcp_getpeername(&s->life.accepted, (struct sockaddr *)&s->legacy_ss, &len);
 	address_format((struct sockaddr *)&s->legacy_ss, s->legacy_addr, sizeof(s->legacy_addr));
 	log_msg(TF_LOG_DEBUG, "event=connect id=%s listener=outbound client=%s", s->id,
 		s->legacy_addr);

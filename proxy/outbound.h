@@ -5,19 +5,24 @@
  * start: greeting, EHLO, STARTTLS, the plaintext retry) and then the
  * smtp_machine (the spliced dialogue) decide; it makes no SMTP or policy
  * decision itself. One way to die: outbound_close() closes every handle, and
- * the memory is freed in the last close callback.
+ * the memory is freed in the last close callback (conn_life.h: release()).
  *
  * Ownership, member by member:
- *   legacy, peer[], timer   libuv handles; each counts in open_handles until
- *                           its close callback runs (a pending getaddrinfo
- *                           counts too); the last one frees. peer[cur] is
+ *   life                    first member (conn_life.h): the worker, the
+ *                           legacy server (life.accepted), the timer
+ *                           (life.timer), and open_handles, which counts
+ *                           every libuv handle until its close callback runs
+ *                           (a pending getaddrinfo counts too); the last one
+ *                           frees the session.
+ *   peer[]                  libuv handles, each counted in life
+ *                           (conn_life_ref) once peer_open[i]; peer[cur] is
  *                           live; an address that refuses the connection
  *                           moves cur to the next handle and the next of
  *                           dests[], and so does the plaintext retry of
  *                           "negotiated" (to the address that answered).
  *   legacy_ep, peer_ep      the two sides (endpoint.h): legacy_ep.stream
- *                           points at legacy, peer_ep.stream at the live
- *                           peer[cur] once it is connecting; peer_ep.tls is
+ *                           points at life.accepted, peer_ep.stream at the
+ *                           live peer[cur] once it is connecting; peer_ep.tls is
  *                           owned (NULL until the peer's 220 to STARTTLS,
  *                           freed again by the plaintext retry) and freed
  *                           with the session; legacy_ep.tls stays NULL.
@@ -34,6 +39,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "proxy/conn_life.h"
 #include "proxy/endpoint.h"
 #include "proxy/smtp/outbound_nego.h"
 #include "proxy/smtp/smtp_machine.h"
@@ -45,18 +51,14 @@
 #define OUTBOUND_PEER_HANDLES (OUTBOUND_MAX_ADDRESSES + 1)
 
 struct outbound {
-	struct worker *worker;
+	struct conn_life life;	      /* first: the handles' data is the session */
 	struct outbound *prev, *next; /* the worker's list */
 	char id[20];
 
-	uv_tcp_t legacy;
 	uv_tcp_t peer[OUTBOUND_PEER_HANDLES];
 	unsigned cur; /* the live peer handle */
 	uv_connect_t connect_req[OUTBOUND_PEER_HANDLES];
 	uv_getaddrinfo_t gai;
-	uv_shutdown_t shutdown_req;
-	uv_timer_t timer;
-	int open_handles;
 
 	struct outbound_nego nego;
 	struct smtp_machine machine;
@@ -85,7 +87,6 @@ struct outbound {
 	unsigned n_dests, dest_i;     /* dests[dest_i] is being tried or answered */
 	uint64_t bytes_in, bytes_out; /* to and from the legacy server (§7.5) */
 	unsigned logged_messages;
-	uint64_t start_ms;
 };
 
 /* Accepts a connection on the outbound listener and starts a session. */

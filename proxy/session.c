@@ -7,11 +7,13 @@
  * SESSION_MAX_IN_FLIGHT bytes wait to be written to the other side.
  *
  * Never makes an SMTP decision: replies and their wording come from the
- * machine. Never frees a session outside the last close callback.
+ * machine. Never frees a session outside the last close callback. The
+ * handles' lifecycle (the count, the linger on close) is conn_life.c's.
  */
 #include "proxy/session.h"
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,8 +27,9 @@
 #include "proxy/proxy_protocol.h"
 
 #define SESSION_MAX_IN_FLIGHT (256 * 1024)
-#define SESSION_LINGER_MS     10000 /* how long a closing client may take to drain */
-#define PROXY_HEADER_TIMEOUT  10    /* seconds for a balancer's PROXY header */
+#define PROXY_HEADER_TIMEOUT  10 /* seconds for a balancer's PROXY header */
+
+_Static_assert(offsetof(struct session, life) == 0, "conn_life.h: life comes first");
 
 static atomic_ulong session_counter;
 
@@ -39,7 +42,7 @@ static bool send_proxy_header(struct session *s);
 
 static uv_stream_t *client_stream(struct session *s)
 {
-	return (uv_stream_t *)&s->client;
+	return (uv_stream_t *)&s->life.accepted;
 }
 
 static uv_stream_t *backend_stream(struct session *s)
@@ -49,9 +52,11 @@ static uv_stream_t *backend_stream(struct session *s)
 
 /* ---- closing ----------------------------------------------------------- */
 
-static void free_session(struct session *s)
+/* The release of conn_life.h: the last close callback. */
+static void free_session(struct conn_life *l)
 {
-	struct worker *w = s->worker;
+	struct session *s = (struct session *)l;
+	struct worker *w = s->life.worker;
 	if (s->prev)
 		s->prev->next = s->next;
 	else
@@ -66,26 +71,12 @@ static void free_session(struct session *s)
 	endpoint_free_tls(&s->client_ep);
 	app_unref(s->app);
 	free(s);
-	worker_session_ended(w);
-}
-
-static void handle_closed_cb(uv_handle_t *h)
-{
-	struct session *s = h->data;
-	if (--s->open_handles == 0)
-		free_session(s);
-}
-
-static void close_handle(uv_handle_t *h)
-{
-	if (!uv_is_closing(h))
-		uv_close(h, handle_closed_cb);
 }
 
 static void close_backend(struct session *s)
 {
 	if (s->backend_open)
-		close_handle((uv_handle_t *)&s->backend);
+		conn_life_close_handle((uv_handle_t *)&s->backend);
 }
 
 static void log_summary(struct session *s)
@@ -98,7 +89,7 @@ static void log_summary(struct session *s)
 	 * to four characters). */
 	const char *user = smtp_machine_user(&s->machine);
 	char user_value[4 * SASL_USER_MAX + 3];
-	double duration = (double)(uv_now(&s->worker->loop) - s->start_ms) / 1000.0;
+	double duration = conn_life_seconds(&s->life);
 	log_msg(TF_LOG_INFO,
 		"event=session id=%s listener=%s client=%s tls=%s cipher=%s sni=%s user=%s "
 		"auth=%s messages=%u bytes_in=%llu bytes_out=%llu duration=%.3f reason=%s",
@@ -109,21 +100,6 @@ static void log_summary(struct session *s)
 		s->machine.authenticated ? "yes" : "no", s->machine.messages,
 		(unsigned long long)s->bytes_in, (unsigned long long)s->bytes_out, duration,
 		smtp_close_reason_name(s->reason));
-}
-
-static void client_shutdown_cb(uv_shutdown_t *req, int status)
-{
-	struct session *s = req->data;
-	close_handle((uv_handle_t *)&s->client);
-	close_handle((uv_handle_t *)&s->timer);
-}
-
-/* A closing client that does not take what we wrote is closed anyway. */
-static void linger_cb(uv_timer_t *t)
-{
-	struct session *s = t->data;
-	close_handle((uv_handle_t *)&s->client);
-	close_handle((uv_handle_t *)&s->timer);
 }
 
 static void flush_tls(struct session *s);
@@ -137,25 +113,14 @@ void session_close(struct session *s, enum smtp_close_reason reason)
 	log_summary(s);
 
 	close_backend(s);
-	if (uv_is_closing((uv_handle_t *)&s->client)) {
-		close_handle((uv_handle_t *)&s->timer);
+	if (!conn_life_begin_close(&s->life))
 		return;
-	}
-	uv_read_stop(client_stream(s));
 	if (s->client_ep.tls && s->client_ep.tls->established) {
 		tls_io_bye(s->client_ep.tls);
 		flush_tls(s);
 	}
-	/* Let what was written (a 421, a 221) reach the client, then close;
-	 * the timer bounds how long a client that does not read can hold us. */
-	s->shutdown_req.data = s;
-	if (reason == CLOSE_CLIENT_CLOSED ||
-	    uv_shutdown(&s->shutdown_req, client_stream(s), client_shutdown_cb) != 0) {
-		close_handle((uv_handle_t *)&s->client);
-		close_handle((uv_handle_t *)&s->timer);
-		return;
-	}
-	uv_timer_start(&s->timer, linger_cb, SESSION_LINGER_MS, 0);
+	/* Let what was written (a 421, a 221) reach the client, then close. */
+	conn_life_linger(&s->life, reason == CLOSE_CLIENT_CLOSED);
 }
 
 void session_shutdown(struct session *s)
@@ -249,11 +214,6 @@ static void timer_cb(uv_timer_t *t)
 	session_step(s);
 }
 
-static void arm_timer(struct session *s, unsigned seconds)
-{
-	uv_timer_start(&s->timer, timer_cb, (uint64_t)seconds * 1000, 0);
-}
-
 /* ---- TLS --------------------------------------------------------------- */
 
 static void flush_tls(struct session *s)
@@ -271,7 +231,7 @@ static void begin_tls(struct session *s)
 		return;
 	}
 	s->handshaking = true;
-	arm_timer(s, s->app->cfg.tls.handshake_timeout);
+	conn_life_arm(&s->life, s->app->cfg.tls.handshake_timeout);
 }
 
 static void do_handshake(struct session *s)
@@ -301,7 +261,7 @@ static void do_handshake(struct session *s)
 		after_greeting_ready(s);
 		return;
 	}
-	arm_timer(s, s->app->cfg.limits.idle_timeout);
+	conn_life_arm(&s->life, s->app->cfg.limits.idle_timeout);
 	smtp_machine_tls_established(&s->machine);
 	session_step(s);
 	pump_tls(s);
@@ -363,17 +323,11 @@ static const struct endpoint_pump_ops client_pump_ops = {
 /* Decrypts what is waiting, feeding the machine, while it wants input. */
 static void pump_tls(struct session *s)
 {
-	endpoint_pump(&s->client_ep, s->worker->plain_buf, sizeof(s->worker->plain_buf),
+	endpoint_pump(&s->client_ep, s->life.worker->plain_buf, sizeof(s->life.worker->plain_buf),
 		      &client_pump_ops, s);
 }
 
 /* ---- reading ----------------------------------------------------------- */
-
-static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *b)
-{
-	struct session *s = h->data;
-	*b = uv_buf_init(s->worker->read_buf, sizeof(s->worker->read_buf));
-}
 
 /* Bytes from the client's socket: to TLS or, in plaintext, to the machine. */
 static void client_bytes(struct session *s, const char *p, size_t n)
@@ -432,8 +386,8 @@ static void update_reads(struct session *s)
 	bool want_client = client_wanted(s);
 	bool want_backend = !s->closing && s->backend_connected && !s->backend_gone &&
 			    s->client_ep.inflight <= SESSION_MAX_IN_FLIGHT;
-	endpoint_set_reading(&s->client_ep, want_client, alloc_cb, client_read_cb);
-	endpoint_set_reading(&s->backend_ep, want_backend, alloc_cb, backend_read_cb);
+	endpoint_set_reading(&s->client_ep, want_client, conn_life_alloc_cb, client_read_cb);
+	endpoint_set_reading(&s->backend_ep, want_backend, conn_life_alloc_cb, backend_read_cb);
 }
 
 /* ---- the strategy step ------------------------------------------------- */
@@ -477,7 +431,7 @@ static void session_step(struct session *s)
 			s->client_addr, tls_io_version(s->client_ep.tls), s->machine.messages);
 	}
 	if (a->progress && !s->handshaking && s->backend_connected)
-		arm_timer(s, s->app->cfg.limits.idle_timeout);
+		conn_life_arm(&s->life, s->app->cfg.limits.idle_timeout);
 	bool start_tls = a->start_tls;
 	bool close = a->close;
 	enum smtp_close_reason reason = a->reason;
@@ -516,19 +470,19 @@ static void connect_cb(uv_connect_t *req, int status)
 		uv_tcp_nodelay(&s->backend.tcp, 1);
 	if (!send_proxy_header(s))
 		return;
-	arm_timer(s, s->app->cfg.limits.idle_timeout);
+	conn_life_arm(&s->life, s->app->cfg.limits.idle_timeout);
 	session_step(s);
 }
 
 static int backend_connect(struct session *s)
 {
 	const struct tf_addr *a = &s->app->backend;
-	uv_loop_t *loop = &s->worker->loop;
+	uv_loop_t *loop = &s->life.worker->loop;
 	s->connect_req.data = s;
 	if (a->is_unix) {
 		uv_pipe_init(loop, &s->backend.pipe, 0);
 		s->backend.pipe.data = s;
-		s->open_handles++;
+		conn_life_ref(&s->life);
 		s->backend_open = true;
 		uv_pipe_connect(&s->connect_req, &s->backend.pipe,
 				((const struct sockaddr_un *)&a->ss)->sun_path, connect_cb);
@@ -536,7 +490,7 @@ static int backend_connect(struct session *s)
 	}
 	uv_tcp_init(loop, &s->backend.tcp);
 	s->backend.tcp.data = s;
-	s->open_handles++;
+	conn_life_ref(&s->life);
 	s->backend_open = true;
 	return uv_tcp_connect(&s->connect_req, &s->backend.tcp, (const struct sockaddr *)&a->ss,
 			      connect_cb);
@@ -596,7 +550,7 @@ static void start_backend(struct session *s)
 		session_step(s);
 		return;
 	}
-	arm_timer(s, s->app->cfg.backend.connect_timeout);
+	conn_life_arm(&s->life, s->app->cfg.backend.connect_timeout);
 	update_reads(s);
 }
 
@@ -713,38 +667,29 @@ void session_accept(struct listener *l)
 		worker_drop_connection(l);
 		return;
 	}
-	s->worker = w;
+	conn_life_init(&s->life, w, timer_cb, free_session);
 	s->kind = l->kind;
-	s->start_ms = uv_now(&w->loop);
 	snprintf(s->id, sizeof(s->id), "%lx", atomic_fetch_add(&session_counter, 1) + 1);
-	uv_tcp_init(&w->loop, &s->client);
-	s->client.data = s;
 	s->client_ep.stream = client_stream(s);
 	s->backend_ep.stream = backend_stream(s);
-	s->open_handles++;
-	uv_timer_init(&w->loop, &s->timer);
-	s->timer.data = s;
-	s->open_handles++;
 	s->app = w->app; /* this session keeps this generation to its end */
 	app_ref(s->app);
 	s->next = w->sessions;
 	if (w->sessions)
 		w->sessions->prev = s;
 	w->sessions = s;
-	w->n_sessions++;
 	snprintf(s->client_addr, sizeof(s->client_addr), "unknown");
 
 	if (uv_accept((uv_stream_t *)&l->handle, client_stream(s)) != 0) {
 		s->closing = true; /* nothing to log: no connection came */
-		close_handle((uv_handle_t *)&s->client);
-		close_handle((uv_handle_t *)&s->timer);
+		conn_life_close_now(&s->life);
 		return;
 	}
-	uv_tcp_nodelay(&s->client, 1);
+	uv_tcp_nodelay(&s->life.accepted, 1);
 	int len = sizeof(s->peer);
-	uv_tcp_getpeername(&s->client, (struct sockaddr *)&s->peer, &len);
+	uv_tcp_getpeername(&s->life.accepted, (struct sockaddr *)&s->peer, &len);
 	len = sizeof(s->local);
-	uv_tcp_getsockname(&s->client, (struct sockaddr *)&s->local, &len);
+	uv_tcp_getsockname(&s->life.accepted, (struct sockaddr *)&s->local, &len);
 
 	const struct tf_listener_config *lc =
 	    l->kind == LISTENER_TLS ? &s->app->cfg.inbound.tls : &s->app->cfg.inbound.tcp;
@@ -761,7 +706,7 @@ void session_accept(struct listener *l)
 			return;
 		}
 		s->awaiting_proxy = true;
-		arm_timer(s, PROXY_HEADER_TIMEOUT);
+		conn_life_arm(&s->life, PROXY_HEADER_TIMEOUT);
 		update_reads(s);
 		return;
 	}

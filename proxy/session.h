@@ -4,13 +4,17 @@
  * decides (it makes no SMTP decision itself). One strategy step
  * (session_step) decides after every event what to write, read, pause or
  * close. One way to die: session_close() closes every handle, and the memory
- * is freed in the last close callback.
+ * is freed in the last close callback (conn_life.h: release()).
  *
  * Ownership, member by member:
- *   client, backend, timer  libuv handles; each counts in open_handles until
- *                           its close callback runs; the last one frees. The
- *                           backend handle exists once backend_open is set
- *                           (on the TLS port, after the handshake).
+ *   life                    first member (conn_life.h): the worker, the
+ *                           client (life.accepted), the timer (life.timer),
+ *                           and open_handles, which counts every libuv
+ *                           handle until its close callback runs; the last
+ *                           one frees the session.
+ *   backend                 a libuv handle counted in life (conn_life_ref)
+ *                           once backend_open is set (on the TLS port, after
+ *                           the handshake).
  *   client_ep, backend_ep   the two sides (endpoint.h): their streams point
  *                           at client and backend; client_ep.tls is owned
  *                           (NULL until STARTTLS or the TLS port) and freed
@@ -26,26 +30,23 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "proxy/conn_life.h"
 #include "proxy/endpoint.h"
 #include "proxy/proxy_protocol.h"
 #include "proxy/smtp/smtp_machine.h"
 #include "proxy/worker.h"
 
 struct session {
-	struct worker *worker;
+	struct conn_life life;	     /* first: the handles' data is the session */
 	struct session *prev, *next; /* the worker's list */
 	char id[20];
 	enum listener_kind kind;
 
-	uv_tcp_t client;
 	union {
 		uv_tcp_t tcp;
 		uv_pipe_t pipe;
 	} backend;
 	uv_connect_t connect_req;
-	uv_shutdown_t shutdown_req;
-	uv_timer_t timer;
-	int open_handles;
 
 	struct endpoint client_ep, backend_ep;
 
@@ -69,7 +70,6 @@ struct session {
 	size_t pp_len;
 	uint64_t bytes_in, bytes_out;
 	unsigned logged_messages; /* messages already logged as delivered */
-	uint64_t start_ms;
 };
 
 /* Accepts a connection from the listener and starts a session. */
