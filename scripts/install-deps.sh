@@ -5,7 +5,7 @@ set -eu
 PKGS="build-essential meson ninja-build pkg-config
       libgnutls28-dev libuv1-dev libconfig-dev libcmocka-dev
       gnutls-bin openssl swaks python3 python3-pytest python3-aiosmtpd
-      clang clang-format postfix haproxy iptables iproute2 binutils"
+      clang clang-format postfix haproxy iptables iproute2 binutils strace"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

@@ -4,7 +4,9 @@ import os
 import re
 import signal
 import smtplib
+import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -251,6 +253,67 @@ def test_s6_two_workers_sequential_and_concurrent(tlsfront_factory, aiosmtpd_bac
     assert len(sessions) == 30
     assert all(s["reason"] == "quit" and s["messages"] == "1" for s in sessions), sessions
     assert len({s["id"] for s in sessions}) == 30  # session ids are unique
+    # One listening socket per worker on the port (SO_REUSEPORT): the
+    # kernel spreads the connections over two event loops, not one.
+    assert listening_sockets(tf.port) == 2
+
+
+def listening_sockets(port):
+    """How many TCP sockets listen on port (any address), from /proc/net."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in list(f)[1:]:
+                local, state = row.split()[1], row.split()[3]
+                n += state == "0A" and int(local.split(":")[1], 16) == port
+    return n
+
+
+def test_s6_one_write_per_log_line(tlsfront_factory, aiosmtpd_backend, tmp_path):
+    """§6: every log line is one write(2) to stderr, so lines of concurrent
+    sessions on several workers never interleave. strace attaches to every
+    thread and records each write to fd 2."""
+    if not shutil.which("strace"):
+        pytest.fail("strace is missing: scripts/install-deps.sh installs it")
+    tf = tlsfront_factory(aiosmtpd_backend.port, workers=2)
+    trace = tmp_path / "writes.trace"
+    # -ff with the process id attaches every thread, each traced to a file
+    # of its own (trace.TID), so no record is split by another thread's.
+    st = subprocess.Popen(["strace", "-ff", "-xx", "-s", "65536", "-e", "trace=write",
+                           "-o", str(trace), "-p", str(tf.pid)], stderr=subprocess.PIPE)
+    said = []
+    reader = threading.Thread(target=lambda: said.extend(st.stderr), daemon=True)
+    reader.start()
+    assert wait_until(lambda: any(b"attached" in x for x in said) or st.poll() is not None,
+                      30), "strace did not attach"
+    assert st.poll() is None, b"".join(said)
+    before = len(tf.log_text().splitlines())
+    threads = [threading.Thread(target=deliver_with_smtplib, args=(tf.port, i)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert aiosmtpd_backend.wait_messages(8)
+    tf.wait_event("session", n=8)
+    tf.stop(timeout=10)
+    st.wait(30)
+    reader.join(10)
+    writes = []
+    rows = []
+    for f in sorted(tmp_path.glob("writes.trace.*")):
+        rows += f.read_text().splitlines()
+    for row in rows:
+        m = re.search(r'write\(2, "((?:\\x[0-9a-f]{2})*)", \d+\) = (\d+)', row)
+        if m:
+            data = bytes.fromhex(m.group(1).replace("\\x", ""))
+            assert len(data) == int(m.group(2)), row  # no short write
+            writes.append(data)
+    lines = tf.log_text().splitlines()[before:]
+    assert len(lines) >= 8 * 2 and sorted(writes) == sorted(
+        (x + "\n").encode() for x in lines), (len(writes), len(lines))
+    for data in writes:
+        assert data.endswith(b"\n") and data.count(b"\n") == 1, data
+        assert data.startswith(b"ts=") and b" level=" in data, data
 
 
 # ---- §6 / §7.5 the summary line ---------------------------------------------
