@@ -15,6 +15,7 @@ import re
 import smtplib
 import socket
 import threading
+import time
 
 import pytest
 
@@ -110,7 +111,7 @@ def _b(v):
 
 def policy_config(backend_port, tcp_port, tls_port, *, tls_enabled=False, tcp_auth=None,
                   tls_auth=None, require_tls=None, starttls=None, max_errors=100,
-                  log_level="debug", extra=""):
+                  log_level="debug", handshake_timeout=10, extra=""):
     """A configuration with both listeners; a policy key given as None is left
     out of the file (its default applies)."""
     tcp = ['listen = [ "127.0.0.1:%d" ];' % tcp_port]
@@ -133,7 +134,7 @@ inbound = {{
 }};
 limits = {{ idle_timeout = 30; max_errors = {max_errors}; shutdown_timeout = 5; }};
 log = {{ level = "{log_level}"; }};
-tls = {{ priority = "NORMAL"; handshake_timeout = 10; }};
+tls = {{ priority = "NORMAL"; handshake_timeout = {handshake_timeout}; }};
 {extra}
 """
 
@@ -855,3 +856,52 @@ def test_s7_3_auth_continuation_with_nul_cancels_exchange(tlsfront_factory, auth
         assert c.cmd("QUIT").code == 221
     assert auth_backend.attempt_list() == [("LOGIN", b"alice", b"s3cret")]
     assert summary_of(tf, c.local)["auth"] == "yes"
+
+
+# ---- §3.1, §3.5, §7.5 the TLS port's handshake --------------------------------------
+
+def test_s3_5_s7_5_tls_port_silent_client_handshake_timeout(tlsfront_factory, raw_backend):
+    """A client that connects to the TLS port and sends nothing is closed
+    once tls.handshake_timeout (1 s) has passed, without a word; its summary
+    says listener=tls tls=none reason=timeout, and the backend was never
+    connected (§3.1: on the TLS port the handshake comes first)."""
+    tf = start_front(tlsfront_factory, raw_backend.port, tls_enabled=True, handshake_timeout=1)
+    t0 = time.monotonic()
+    with SmtpClient(tf.tls_port) as c:
+        data = c.read_until_closed(IO_TIMEOUT)
+        waited = time.monotonic() - t0
+    assert data == b"", data
+    assert 0.9 <= waited <= 8, waited
+    summary = summary_of(tf, c.local)
+    assert summary["listener"] == "tls", summary
+    assert summary["tls"] == "none" and summary["cipher"] == "none", summary
+    assert summary["reason"] == "timeout", summary
+    assert summary["bytes_in"] == "0" and summary["bytes_out"] == "0", summary
+    assert tf.wait_event("tls_timeout")[0]["client"] == c.local
+    assert raw_backend.connections == 0 and raw_backend.command_texts() == []
+
+
+def test_s3_5_s7_5_tls_port_plaintext_client_is_a_tls_error(tlsfront_factory, raw_backend):
+    """A client that speaks plaintext SMTP on the TLS port fails the
+    handshake: closed with no SMTP reply, summary listener=tls tls=none
+    reason=tls_error, and not one byte reaches the backend (it is never
+    connected). handshake_timeout is long here so that a slow machine cannot
+    turn the failure into a timeout; the failure comes at once."""
+    tf = start_front(tlsfront_factory, raw_backend.port, tls_enabled=True, handshake_timeout=10)
+    t0 = time.monotonic()
+    with SmtpClient(tf.tls_port) as c:
+        c.send(b"EHLO x\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n")
+        data = c.read_until_closed(IO_TIMEOUT)
+        waited = time.monotonic() - t0
+    # Perhaps a TLS alert record, never an SMTP reply.
+    assert not re.match(rb"\d{3}[ -]", data), data
+    assert waited < 9, waited  # not the handshake timeout
+    summary = summary_of(tf, c.local)
+    assert summary["listener"] == "tls", summary
+    assert summary["tls"] == "none" and summary["cipher"] == "none", summary
+    assert summary["reason"] == "tls_error", summary
+    assert summary["bytes_in"] == "0" and summary["messages"] == "0", summary
+    assert [e for e in tf.events("tls_error") if e.get("client") == c.local], tf.log_text()
+    time.sleep(0.2)  # a late connection to the backend would show by now
+    assert raw_backend.connections == 0, raw_backend.connections
+    assert raw_backend.raw == [] and raw_backend.command_texts() == []

@@ -12,11 +12,13 @@ import ctypes.util
 import os
 import pwd
 import re
+import shutil
 import signal
 import socket
 import ssl
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -87,7 +89,7 @@ def name_of(certs, der):
 
 def ops_config(backend_port, tcp_port, *, pairs=(), workers=1, log_level="debug", user=None,
                require_tls=False, priority="NORMAL", tls_port=None, tls_enabled=False,
-               extra=""):
+               limits="", extra=""):
     certificates = ""
     if pairs:
         certificates = "certificates = ( %s );" % ", ".join(
@@ -104,7 +106,7 @@ server_name = "mx.test";
 workers = {workers};
 backend = {{ address = "127.0.0.1:{backend_port}"; connect_timeout = 5; }};
 inbound = {{ {tcp_listener} {tls_listener} }};
-limits = {{ idle_timeout = 30; shutdown_timeout = 5; }};
+limits = {{ idle_timeout = 30; shutdown_timeout = 5; {limits} }};
 log = {{ level = "{log_level}"; }};
 tls = {{
   priority = "{priority}";
@@ -512,6 +514,117 @@ def test_s5_reload_backend_address(tlsfront_factory, aiosmtpd_backend):
         assert [m["mail_from"] for m in aiosmtpd_backend.messages] == ["old@example.org"]
     finally:
         second.stop()
+
+
+def test_s5_reload_limits_new_sessions_only(tlsfront_factory, aiosmtpd_backend):
+    """limits are reloaded (§5): max_connections_per_ip 3 -> 1. Before the
+    reload a second connection from 127.0.0.1 is served; after it a new one
+    (the third) gets 421 4.7.0 (reason=limit), while the two sessions opened
+    before go on, and one of them completes its message."""
+    tf = start_front(tlsfront_factory, aiosmtpd_backend.port,
+                     limits="max_connections_per_ip = 3;")
+    with tf.connect() as old, tf.connect() as second:
+        old.greeting()
+        old.ehlo()
+        assert old.cmd("MAIL FROM:<a@example.org>").code == 250
+        assert old.cmd("RCPT TO:<b@example.net>").code == 250
+        assert old.cmd("DATA").code == 354
+        old.send(MESSAGE_HEAD)
+        second.greeting()  # two of three: served
+
+        rewrite(tf, limits="max_connections_per_ip = 1;")
+        reload_and_wait(tf, "ok")
+
+        with tf.connect() as new:
+            r = new.read_reply()
+            assert (r.code, r.enhanced) == (421, "4.7.0"), r
+            assert new.read_until_closed(5) == b""
+        assert tf.session_of(new.local)["reason"] == "limit"
+
+        old.send(MESSAGE_TAIL + b".\r\n")
+        r = old.read_reply()
+        assert r.code == 250, "the session in flight lost its message: %r" % r
+        assert old.cmd("QUIT").code == 221
+        assert second.cmd("NOOP").code == 250, "the session in flight was cut"
+        assert second.cmd("QUIT").code == 221
+    assert aiosmtpd_backend.wait_messages(1)
+    assert aiosmtpd_backend.messages[0]["content"] == MESSAGE_HEAD + MESSAGE_TAIL
+    summary = tf.session_of(old.local)
+    assert summary["messages"] == "1" and summary["reason"] == "quit", summary
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory user nobody can read (pytest's own tmp_path is root's
+    alone): after the privilege drop tlsfront re-reads its file and
+    certificates from here on SIGHUP."""
+    d = tempfile.mkdtemp(prefix="tlsfront-reload-")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_s5_s6_reload_as_nobody_unreadable_key_changes_nothing(aiosmtpd_backend, shared_dir):
+    """Started as root with user = "nobody", certificate files readable by
+    nobody: a reload to another readable pair works; a reload to a pair
+    whose key is root's alone (0600) fails with event=reload status=failed
+    naming the key file and "Permission denied", and new TLS sessions still
+    get the certificate of the last good reload."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to test a reload after the privilege drop")
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody here")
+    pairs = {n: make_pair(shared_dir, n, "ecdsa", n + ".test") for n in ("a", "b", "c")}
+    for p in pairs.values():
+        os.chmod(p.cert, 0o644)
+        os.chmod(p.key, 0o644)  # a test key; a real one would be group-readable
+    root_only = Pair.__new__(Pair)
+    root_only.cert = pairs["c"].cert
+    root_only.key = os.path.join(shared_dir, "c-root-only.key")
+    shutil.copyfile(pairs["c"].key, root_only.key)
+    os.chown(root_only.key, 0, 0)
+    os.chmod(root_only.key, 0o600)
+
+    port = free_port()
+    tf = tfhelpers.TlsFront(shared_dir, ops_config(aiosmtpd_backend.port, port,
+                                                   pairs=[pairs["a"]], user="nobody"))
+    try:
+        tf.ops_kw = {"pairs": [pairs["a"]], "user": "nobody"}
+        tf.backend_port = aiosmtpd_backend.port
+        assert tf.port == port
+        tf.wait_event("privileges")
+        assert _ids(tf.pid)["Uid"] == [pwd.getpwnam("nobody").pw_uid] * 4
+        _, der = starttls_peer(tf.port)
+        assert name_of(pairs, der) == "a"
+
+        rewrite(tf, pairs=[pairs["b"]])
+        reload_and_wait(tf, "ok")  # as nobody: the file and the pair are read
+        _, der = starttls_peer(tf.port)
+        assert name_of(pairs, der) == "b"
+
+        rewrite(tf, pairs=[root_only])
+        ev = reload_and_wait(tf, "failed")
+        assert root_only.key in ev["line"], ev["line"]
+        assert "permission denied" in ev["line"].lower(), ev["line"]
+        assert tf.running()
+        for _ in range(3):
+            c, der = starttls_peer(tf.port, quit=False)
+            with c:
+                assert name_of(pairs, der) == "b"
+                r = tfhelpers.send_message(c, "a@example.org", "b@example.net",
+                                           b"Subject: after\r\n\r\nhi\r\n.\r\n")
+                assert r.code == 250, r
+                c.cmd("QUIT")
+        assert aiosmtpd_backend.wait_messages(3)
+    finally:
+        try:
+            tf.stop(timeout=10)
+        finally:
+            tf.kill()
+    bad = tf.sanitizer_lines()
+    assert not bad, "sanitizer report in tlsfront's log:\n" + tf.log_text()[-20000:]
 
 
 # ---- §5 resumption -----------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Commands and replies (SPEC §3.1, §3.2, §3.4, §7.1, §7.2)."""
 import re
+import select
+import socket
 import time
 
 import pytest
 
-from tfhelpers import free_port, insecure_context, send_message
+from tfhelpers import HOST, free_port, insecure_context, send_message
 
 
 def assert_reply(r, code, enhanced=None):
@@ -206,6 +208,67 @@ def test_s3_1_backend_not_listening(tlsfront_factory):
         assert_reply(c.read_reply(), 421, "4.3.2")
         assert c.read_until_closed(5) == b""
     tf.session_of(c.local)
+
+
+class FullBacklog:
+    """A backend that never completes a TCP handshake: a socket listening on
+    127.0.0.1 with listen(0) whose accept queue is filled by connections
+    nobody accepts. Linux then drops every new SYN (the connecting side keeps
+    retrying), so a connect() to it neither succeeds nor fails."""
+
+    MAX_FILLERS = 32
+
+    def __init__(self):
+        self.srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.srv.bind((HOST, 0))
+        self.srv.listen(0)
+        self.port = self.srv.getsockname()[1]
+        self.fillers = []
+        for _ in range(self.MAX_FILLERS):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            self.fillers.append(s)
+            s.connect_ex((HOST, self.port))
+            # Loopback answers a SYN at once: 0.5 s without an answer means
+            # the SYN was dropped, the queue is full.
+            _, writable, _ = select.select([], [s], [], 0.5)
+            if not writable:
+                return
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            assert err == 0, "filler connection failed: %s" % err
+        self.close()
+        raise AssertionError("the accept queue never filled after %d connections"
+                             % self.MAX_FILLERS)
+
+    def close(self):
+        for s in self.fillers:
+            s.close()
+        self.srv.close()
+
+
+def test_s3_1_backend_connect_timeout(tlsfront_factory):
+    """§3.1.2: a backend whose TCP handshake never completes: after
+    backend.connect_timeout the client gets 421 4.3.2 and is closed, and the
+    log says event=backend_timeout."""
+    backend = FullBacklog()
+    try:
+        tf = tlsfront_factory(backend.port, connect_timeout=1)
+        t0 = time.monotonic()
+        with tf.connect() as c:
+            r = c.read_reply()
+            waited = time.monotonic() - t0
+            assert_reply(r, 421, "4.3.2")
+            assert c.read_until_closed(5) == b""
+        # Not before the timeout (a little slack for timer granularity).
+        assert 0.9 <= waited <= 8, waited
+        [ev] = tf.wait_event("backend_timeout")
+        assert ev["backend"] == "127.0.0.1:%d" % backend.port, ev
+        summary = tf.session_of(c.local)
+        assert summary["reason"] == "error", summary
+        assert summary["tls"] == "none" and summary["messages"] == "0", summary
+        assert not tf.events("backend_unavailable"), tf.log_text()
+    finally:
+        backend.close()
 
 
 def test_s3_2_backend_closes_mid_session(tlsfront_factory, raw_backend_factory):

@@ -95,6 +95,14 @@ def server_context(pki, cert="cert"):
 
 # ---- peers ------------------------------------------------------------------
 
+def free_port_on(host):
+    """tfhelpers.free_port() for 127.0.0.1 or ::1."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 class OpenSslKnobs:
     """What Python's ssl module cannot set on a server context, set with
     ctypes on the SSL_CTX inside an ssl.SSLContext (CPython's PySSLContext
@@ -168,10 +176,12 @@ class TlsPeer:
     the CAs it wants a client certificate from (only with client_ca or
     trust_client)."""
 
-    def __init__(self, pki, starttls=True, cert="cert", client_ca=None, ca_names=None):
+    def __init__(self, pki, starttls=True, cert="cert", client_ca=None, ca_names=None,
+                 host=HOST):
         from aiosmtpd.controller import Controller
         self.handler = CertRecordingHandler()
-        self.port = tfhelpers.free_port()
+        self.host = host  # "::1": the peer listens on IPv6 loopback
+        self.port = free_port_on(host)
         self.ctx = None
         kw = {}
         if starttls:
@@ -185,7 +195,7 @@ class TlsPeer:
                 names = OpenSslKnobs().set_ca_names(ctx, ca_names)
                 assert names and "/CN=out.test" not in names, names
             kw = {"tls_context": ctx, "require_starttls": False}
-        self.controller = Controller(self.handler, hostname=HOST, port=self.port,
+        self.controller = Controller(self.handler, hostname=host, port=self.port,
                                      ready_timeout=10.0, server_hostname="peer.test", **kw)
         self.controller.start()
 
@@ -335,7 +345,9 @@ def outbound(tlsfront_factory, pki):
               limits="idle_timeout = 30;", own_cert=False, pairs=None, tls_port=False):
         """own_cert: tls.certificates is the test CA's front.pem; pairs: a
         list of (cert, key) files instead; neither: the self-signed default.
-        tls_port: also an inbound TLS port, to fetch the certificate from."""
+        tls_port: also an inbound TLS port, to fetch the certificate from.
+        ca: outbound.ca_file (default: the test CA); False: no ca_file key."""
+        ca_line = "" if ca is False else 'ca_file = "%s";' % (ca or pki["ca"])
         out_port = tfhelpers.free_port()
         in_port = tfhelpers.free_port()
         dead = tfhelpers.free_port()
@@ -355,7 +367,7 @@ workers = 1;
 backend = {{ address = "127.0.0.1:{dead}"; }};
 inbound = {{ tcp = {{ listen = [ "127.0.0.1:{in_port}" ]; }};{tls_in} }};
 outbound = {{ enabled = true; listen = [ "127.0.0.1:{out_port}" ]; next_hop = "{hop}";
-  tls = "{policy}"; ca_file = "{ca or pki['ca']}"; connect_timeout = 5; }};
+  tls = "{policy}"; {ca_line} connect_timeout = 5; }};
 limits = {{ {limits} }};
 log = {{ level = "debug"; }};
 tls = {{ priority = "NORMAL"; handshake_timeout = 5; {certs} }};
@@ -520,6 +532,31 @@ def test_s4_3_verify_with_the_wrong_name_is_refused(outbound, peers):
     ob2 = outbound(peer.port, "verify")
     deliver(ob2.port)
     assert peer.wait_messages(1)
+
+
+@pytest.mark.parametrize("ca", ["system", False], ids=["ca_file_system", "ca_file_absent"])
+def test_s4_3_verify_with_the_system_store_refuses_the_test_ca(outbound, peers, ca):
+    """ca_file = "system" (also the default when the key is absent, §2): the
+    system's trust anchors, which do not hold the test CA made here. The
+    peer's certificate names the next hop rightly but is not trusted: 421
+    4.7.0 to the legacy server's EHLO, verified=no, nothing delivered."""
+    peer = peers("starttls")
+    try:
+        ob = outbound(peer.port, "verify", ca=ca)
+    except tfhelpers.StartError as e:
+        if "no trust anchors loaded" in e.tf.log_text():
+            pytest.skip("no system trust store here (ca-certificates):\n"
+                        + e.tf.log_text()[-1000:])
+        raise
+    refused(ob.port)
+    assert not peer.handler.messages
+    s = ob.summary()[0]
+    assert s["verified"] == "no" and s["messages"] == "0", s
+    assert s["reason"] in ("tls_error", "policy"), s
+    assert s["sni"] == "localhost", s
+    # Refused for the certificate, not for a handshake that failed otherwise.
+    errors = [e.get("error", "") for e in ob.tf.events("tls_error") if e.get("id") == s["id"]]
+    assert any("verif" in e.lower() for e in errors), ob.tf.log_text()
 
 
 def test_s4_3_verify_refuses_a_peer_without_starttls(outbound, peers):
@@ -775,65 +812,124 @@ def test_s4_1_original_destination_without_redirect_is_refused(outbound):
     assert ob.summary()[0]["reason"] == "error"
 
 
-def test_s4_1_original_destination_with_redirect(pki, tmp_path, tlsfront_bin):
-    """The sidecar recipe: an iptables REDIRECT rule in a network namespace
-    of its own (unshare -n) sends the legacy server's connection to
-    tlsfront, which connects to the original destination."""
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
-        pytest.skip("needs root, unshare and iproute2 for a network namespace")
-    ipt = shutil.which("iptables") or shutil.which("iptables-legacy")
-    if not ipt:
-        pytest.skip("needs the iptables package (an iptables REDIRECT rule in a "
-                    "network namespace); not installed here")
+def _ci():
+    """The CI run (CI=true): scripts/install-deps.sh installed every tool."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+# What iptables / ip6tables say when the kernel has no NAT table (legacy and
+# nf_tables flavours): the one reason, besides not being root, to skip.
+_NO_NAT_MARKERS = ("Table does not exist", "can't initialize",
+                   "Could not fetch rule set generation id")
+_NO_NAT_EXIT = 77
+
+
+class _NoNat(Exception):
+    """Raised in the namespace when iptables finds no NAT table."""
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_s4_1_original_destination_with_redirect(pki, tmp_path, tlsfront_bin, family):
+    """The sidecar recipe: an iptables (ip6tables) REDIRECT rule in a network
+    namespace of its own (unshare -n) sends the legacy server's connection to
+    tlsfront, which reads the original destination (SO_ORIGINAL_DST,
+    IP6T_SO_ORIGINAL_DST) and connects there.
+
+    Skipped only when not root, or when the kernel has no NAT table. A
+    missing tool (unshare, ip, iptables, ip6tables) skips outside CI, and
+    fails in the CI run (CI=true), where scripts/install-deps.sh installs
+    them."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a network namespace and an iptables rule")
+    name = "iptables" if family == "ipv4" else "ip6tables"
+    ipt = shutil.which(name) or shutil.which(name + "-legacy")
+    missing = [t for t, path in (("unshare", shutil.which("unshare")),
+                                 ("ip (iproute2)", shutil.which("ip")), (name, ipt)) if not path]
+    if missing:
+        why = "needs %s for a REDIRECT rule in a network namespace" % ", ".join(missing)
+        if _ci():
+            pytest.fail(why + ": not installed, but this is the CI run (CI=true) and "
+                        "scripts/install-deps.sh installs them")
+        pytest.skip(why + "; not installed here")
     r = subprocess.run(["unshare", "-n", sys.executable, os.path.abspath(__file__),
-                        "--netns-child", str(tmp_path), pki["dir"], tlsfront_bin, ipt],
+                        "--netns-child", str(tmp_path), pki["dir"], tlsfront_bin, ipt, family],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
     out = r.stdout.decode("utf-8", "replace")
+    if r.returncode == _NO_NAT_EXIT and "NETNS-NO-NAT" in out:
+        pytest.skip("the kernel has no %s NAT table here:\n%s" % (family, out[-2000:]))
     assert r.returncode == 0 and "NETNS-OK" in out, out
 
 
-def _netns_child(tmp, pki_dir, binary, ipt):
-    """Runs inside `unshare -n`: loopback only, nothing leaves."""
+def _netns_child(tmp, pki_dir, binary, ipt, family="ipv4"):
+    """Runs inside `unshare -n`: loopback only, nothing leaves.
+
+    ipv4: the legacy server connects from 127.0.0.2 to the peer on 127.0.0.1;
+    ipv6: from fd00::2 (added to lo here) to the peer on ::1. Only the legacy
+    server's connections are redirected to tlsfront's outbound listener;
+    tlsfront's own (from 127.0.0.1 / ::1) reach the peer."""
     os.environ["TLSFRONT_BIN"] = binary
+    v6 = family == "ipv6"
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=30)
+    if v6:
+        subprocess.run(["ip", "-6", "addr", "add", "fd00::2/128", "dev", "lo", "nodad"],
+                       check=True, timeout=30)
+    peer_host, legacy_source = ("::1", "fd00::2") if v6 else (HOST, "127.0.0.2")
     pki = {"cert": os.path.join(pki_dir, "peer.pem"), "key": os.path.join(pki_dir, "peer.key")}
-    peer = TlsPeer(pki)
+    peer = TlsPeer(pki, host=peer_host)
+    # A fresh namespace: nothing else listens, the port is free on ::1 too.
     out_port, in_port = tfhelpers.free_port(), tfhelpers.free_port()
+    out_listen = '"127.0.0.1:%d"' % out_port
+    if v6:
+        out_listen += ', "[::1]:%d"' % out_port
     text = f"""server_name = "out.test";
 workers = 1;
 backend = {{ address = "127.0.0.1:{tfhelpers.free_port()}"; }};
 inbound = {{ tcp = {{ listen = [ "127.0.0.1:{in_port}" ]; }}; }};
-outbound = {{ enabled = true; listen = [ "127.0.0.1:{out_port}" ];
+outbound = {{ enabled = true; listen = [ {out_listen} ];
   next_hop = "original-destination"; tls = "negotiated"; }};
 log = {{ level = "debug"; }};
 """
     tf = tfhelpers.TlsFront(tmp, text, name="netns")
     try:
+        if v6:
+            listening = tfhelpers.wait_until(
+                lambda: "listener=outbound address=[::1]:%d" % out_port in tf.log_text(), 5)
+            assert listening, tf.log_text()
         if ipt != "--no-redirect":
-            # Only the legacy server's connections (from 127.0.0.2) are
-            # redirected; tlsfront's own, from 127.0.0.1, reach the peer.
-            subprocess.run([ipt, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-s", "127.0.0.2",
-                            "--dport", str(peer.port), "-j", "REDIRECT", "--to-ports",
-                            str(out_port)], check=True, timeout=30)
+            r = subprocess.run([ipt, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-s",
+                                legacy_source, "--dport", str(peer.port), "-j", "REDIRECT",
+                                "--to-ports", str(out_port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+            err = r.stdout.decode("utf-8", "replace")
+            if r.returncode != 0 and any(m in err for m in _NO_NAT_MARKERS):
+                raise _NoNat("%s: %s" % (ipt, err))
+            assert r.returncode == 0, "%s: %s" % (ipt, err)
             dest = peer.port
         else:
             dest = out_port  # the plumbing alone: no original destination
         if ipt == "--no-redirect":
             try:
-                smtplib.SMTP(HOST, dest, timeout=IO_TIMEOUT, source_address=("127.0.0.2", 0))
+                smtplib.SMTP(peer_host, dest, timeout=IO_TIMEOUT,
+                             source_address=(legacy_source, 0))
             except smtplib.SMTPConnectError as e:
                 assert e.smtp_code == 421, e
                 print("NETNS-OK")
             return
-        with smtplib.SMTP(HOST, dest, timeout=IO_TIMEOUT,
-                          source_address=("127.0.0.2", 0)) as s:
+        with smtplib.SMTP(peer_host, dest, timeout=IO_TIMEOUT,
+                          source_address=(legacy_source, 0)) as s:
             assert s.ehlo("legacy.test")[0] == 250
             s.sendmail("a@legacy.test", ["b@peer.test"], MSG)
             s.quit()
         assert peer.wait_messages(1)
         summary = [x for x in tf.wait_event("session") if x.get("listener") == "outbound"][0]
-        assert summary["peer"] == "127.0.0.1:%d" % peer.port, summary
+        if v6:
+            assert summary["peer"] == "[::1]:%d" % peer.port, summary
+            assert summary["client"].startswith("[fd00::2]:"), summary
+        else:
+            assert summary["peer"] == "127.0.0.1:%d" % peer.port, summary
+            assert summary["client"].startswith("127.0.0.2:"), summary
         assert summary["tls"].startswith("TLS1."), summary
+        assert summary["messages"] == "1" and summary["reason"] == "quit", summary
         print("NETNS-OK")
     finally:
         tf.stop(timeout=10)
@@ -956,5 +1052,9 @@ def test_s6_outbound_summary_names_the_sasl_user(outbound):
         peer.stop()
 
 
-if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--netns-child":
-    _netns_child(*sys.argv[2:])
+if __name__ == "__main__" and len(sys.argv) in (6, 7) and sys.argv[1] == "--netns-child":
+    try:
+        _netns_child(*sys.argv[2:])
+    except _NoNat as e:
+        print("NETNS-NO-NAT: %s" % e)
+        sys.exit(_NO_NAT_EXIT)
