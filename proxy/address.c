@@ -61,8 +61,12 @@ void address_format(const struct sockaddr *sa, char *out, size_t outlen)
 		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
 		inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
 		snprintf(out, outlen, "[%s]:%u", ip, ntohs(in6->sin6_port));
-	} else {
+	} else if (sa->sa_family == AF_UNIX) {
 		snprintf(out, outlen, "unix");
+	} else {
+		/* A family tlsfront does not handle (or none at all): never
+		 * a made-up address. */
+		snprintf(out, outlen, "unknown");
 	}
 }
 

@@ -23,7 +23,8 @@ struct tf_addr {
 int address_resolve(const char *text, bool numeric_only, struct tf_addr *out, char *err,
 		    size_t errlen);
 
-/* Formats a socket address as "1.2.3.4:25" or "[::1]:25". */
+/* Formats a socket address as "1.2.3.4:25" or "[::1]:25"; "unix" for a
+ * unix socket, "unknown" for any other family (AF_UNSPEC included). */
 void address_format(const struct sockaddr *sa, char *out, size_t outlen);
 
 /* The port of an inet address, 0 for others. */

@@ -788,7 +788,16 @@ void outbound_accept(struct listener *l)
 	}
 	uv_tcp_nodelay(&s->life.accepted, 1);
 	int len = sizeof(s->legacy_ss);
-	uv_tcp_getpeername(&s->life.accepted, (struct sockaddr *)&s->legacy_ss, &len);
+	int rc = uv_tcp_getpeername(&s->life.accepted, (struct sockaddr *)&s->legacy_ss, &len);
+	if (rc != 0) {
+		/* Reset before we could ask who it was: nobody to answer, log
+		 * or count (a zeroed address would be one for all). */
+		log_msg(TF_LOG_DEBUG, "event=connect_lost id=%s listener=outbound error=\"%s\"",
+			s->id, uv_strerror(rc));
+		s->closing = true;
+		conn_life_close_now(&s->life);
+		return;
+	}
 	address_format((struct sockaddr *)&s->legacy_ss, s->legacy_addr, sizeof(s->legacy_addr));
 	log_msg(TF_LOG_DEBUG, "event=connect id=%s listener=outbound client=%s", s->id,
 		s->legacy_addr);

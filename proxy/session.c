@@ -423,8 +423,17 @@ static void session_step(struct session *s)
 			"event=starttls_injection id=%s client=%s discarded=%zu "
 			"note=\"plaintext after STARTTLS dropped\"",
 			s->id, s->client_addr, a->discarded);
-	if (a->note)
+	if (a->note && a->config_error) {
+		/* Every session will fail alike until the operator acts:
+		 * shown at log.level = "error" too (§3.3, §6). */
+		char reply[4 * SMTP_NOTE_REPLY_MAX + 3],
+		    backend[4 * sizeof(s->app->backend.text) + 3];
+		log_msg(TF_LOG_ERROR, "event=note id=%s backend=%s note=\"%s\" reply=%s", s->id,
+			log_value(backend, sizeof(backend), s->app->backend.text), a->note,
+			log_value(reply, sizeof(reply), a->note_reply));
+	} else if (a->note) {
 		log_msg(TF_LOG_INFO, "event=note id=%s note=\"%s\"", s->id, a->note);
+	}
 	if (s->machine.messages != s->logged_messages) {
 		s->logged_messages = s->machine.messages;
 		log_msg(TF_LOG_INFO, "event=delivered id=%s client=%s tls=%s message=%u", s->id,
@@ -687,9 +696,21 @@ void session_accept(struct listener *l)
 	}
 	uv_tcp_nodelay(&s->life.accepted, 1);
 	int len = sizeof(s->peer);
-	uv_tcp_getpeername(&s->life.accepted, (struct sockaddr *)&s->peer, &len);
-	len = sizeof(s->local);
-	uv_tcp_getsockname(&s->life.accepted, (struct sockaddr *)&s->local, &len);
+	int rc = uv_tcp_getpeername(&s->life.accepted, (struct sockaddr *)&s->peer, &len);
+	if (rc == 0) {
+		len = sizeof(s->local);
+		rc = uv_tcp_getsockname(&s->life.accepted, (struct sockaddr *)&s->local, &len);
+	}
+	if (rc != 0) {
+		/* Reset before we could ask who it was (a balancer's health
+		 * check does that): no client to greet, log or count against
+		 * the limits (a zeroed address would be one for all). */
+		log_msg(TF_LOG_DEBUG, "event=connect_lost id=%s error=\"%s\"", s->id,
+			uv_strerror(rc));
+		s->closing = true;
+		conn_life_close_now(&s->life);
+		return;
+	}
 
 	const struct tf_listener_config *lc =
 	    l->kind == LISTENER_TLS ? &s->app->cfg.inbound.tls : &s->app->cfg.inbound.tcp;

@@ -63,6 +63,8 @@ void smtp_machine_clear_actions(struct smtp_machine *m)
 	m->act.progress = false;
 	m->act.discarded = 0;
 	m->act.note = NULL;
+	m->act.config_error = false;
+	m->act.note_reply[0] = '\0';
 	/* close and reason stay: a closed machine stays closed. */
 }
 
@@ -545,16 +547,34 @@ static void send_xclient(struct smtp_machine *m)
 	fifo_push(m, (struct smtp_pending){.kind = PEND_XCLIENT});
 }
 
+/* §3.3: the backend's EHLO or XCLIENT reply was not the expected one. The
+ * client gets 421 4.3.5 (never the backend's reply: it answered tlsfront,
+ * not the client), the log the reason and the backend's first reply line. */
+static void xclient_failed(struct smtp_machine *m, const char *note, const char *text, size_t len)
+{
+	size_t n = 0;
+	while (n < len && n < sizeof(m->act.note_reply) - 1 && text[n] != '\r' && text[n] != '\n')
+		n++;
+	memcpy(m->act.note_reply, text, n);
+	m->act.note_reply[n] = '\0';
+	m->act.note = note;
+	m->act.config_error = true;
+	say_and_close(m, "421 4.3.5", "Error: backend configuration error", CLOSE_ERROR);
+}
+
 static void handle_reply(struct smtp_machine *m, int code, const char *text, size_t len)
 {
-	if (code == 421) {
+	struct smtp_pending *head = fifo_peek(m);
+	bool xclient_step = head && (head->kind == PEND_XCLIENT_EHLO || head->kind == PEND_XCLIENT);
+	if (code == 421 && !xclient_step) {
 		/* The backend is closing (RFC 5321 §3.8), whatever the reply
-		 * answered: pass its 421 on, and close without one of ours. */
+		 * answered: pass its 421 on, and close without one of ours.
+		 * Not so for the replies to tlsfront's own EHLO and XCLIENT
+		 * (§3.3): the client gets 421 4.3.5, and the log says why. */
 		to_client(m, text, len);
 		close_session(m, CLOSE_BACKEND_CLOSED);
 		return;
 	}
-	struct smtp_pending *head = fifo_peek(m);
 	if (!head) {
 		/* Unsolicited (its 421 was handled above): relayed, it would be
 		 * taken as the reply to the client's next command and put every
@@ -577,20 +597,32 @@ static void handle_reply(struct smtp_machine *m, int code, const char *text, siz
 		relay(m, code, text, len);
 		break;
 	case PEND_XCLIENT_EHLO:
-		if (code != 250 || !ehlo_reply_has_keyword(text, len, "XCLIENT")) {
-			m->act.note =
-			    "backend does not offer XCLIENT (backend.client_info = xclient)";
-			say_and_close(m, "421 4.3.5", "Error: backend configuration error",
-				      CLOSE_ERROR);
-			break;
-		}
-		send_xclient(m);
+		if (code == 421)
+			xclient_failed(m,
+				       "backend closed on EHLO before XCLIENT "
+				       "(backend.client_info = xclient)",
+				       text, len);
+		else if (code != 250)
+			xclient_failed(m,
+				       "backend refused EHLO before XCLIENT "
+				       "(backend.client_info = xclient)",
+				       text, len);
+		else if (!ehlo_reply_has_keyword(text, len, "XCLIENT"))
+			xclient_failed(m,
+				       "backend does not offer XCLIENT "
+				       "(backend.client_info = xclient)",
+				       text, len);
+		else
+			send_xclient(m);
 		break;
 	case PEND_XCLIENT:
 		if (code != 220) {
-			m->act.note = "backend refused XCLIENT (backend.client_info = xclient)";
-			say_and_close(m, "421 4.3.5", "Error: backend configuration error",
-				      CLOSE_ERROR);
+			xclient_failed(m,
+				       code == 421 ? "backend closed on XCLIENT "
+						     "(backend.client_info = xclient)"
+						   : "backend refused XCLIENT "
+						     "(backend.client_info = xclient)",
+				       text, len);
 			break;
 		}
 		m->phase = PHASE_COMMAND;

@@ -26,9 +26,10 @@
 #include "proxy/smtp/reply_parser.h"
 #include "proxy/smtp/sasl_user.h"
 
-#define SMTP_FIFO_MAX	   128	       /* pipelined commands awaiting replies */
-#define SMTP_HOLD_MAX	   (64 * 1024) /* held client input before reads pause */
-#define SMTP_AUTH_LINE_MIN 12288       /* AUTH lines may be this long (§3.2) */
+#define SMTP_FIFO_MAX	    128		/* pipelined commands awaiting replies */
+#define SMTP_HOLD_MAX	    (64 * 1024) /* held client input before reads pause */
+#define SMTP_AUTH_LINE_MIN  12288	/* AUTH lines may be this long (§3.2) */
+#define SMTP_NOTE_REPLY_MAX 256		/* a backend reply quoted in a note */
 
 enum smtp_phase {
 	PHASE_GREETING = 0, /* waiting for the backend's greeting */
@@ -68,6 +69,12 @@ struct smtp_actions {
 	bool progress;	  /* a complete command line or DATA bytes: re-arm idle timer */
 	size_t discarded; /* plaintext bytes dropped after STARTTLS (CVE-2011-0411) */
 	const char *note; /* a static text worth a log line, or NULL */
+	/* The note names a configuration error (§3.3: a backend without
+	 * XCLIENT): every session will fail alike, so it is logged as an
+	 * error, with the backend's reply (first line, CRLF removed, "" when
+	 * none) for the operator. */
+	bool config_error;
+	char note_reply[SMTP_NOTE_REPLY_MAX];
 };
 
 struct smtp_machine_config {

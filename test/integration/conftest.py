@@ -14,11 +14,15 @@ import os
 
 import pytest
 
+import postfix_backend
 import tfhelpers
 
 
 def pytest_report_header(config):
-    return "tlsfront binary: %s" % tfhelpers.tlsfront_bin()
+    lines = ["tlsfront binary: %s" % tfhelpers.tlsfront_bin()]
+    if postfix_backend.in_ci():  # postfix_backend.require_or_skip()
+        lines.append("CI=true: a missing Postfix or HAProxy fails its tests")
+    return lines
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,9 @@ Postfix's log goes to DIR/maillog (maillog_file, served by postlogd), which
 the tests read. Mail never leaves: every transport is discard:.
 
 Needs root (master starts as root and drops to mail_owner = postfix) and
-the Debian postfix package (user postfix, group postdrop).
+the Debian postfix package (user postfix, group postdrop). Tests call
+require() (or require_or_skip() for HAProxy): they skip where these are
+missing, and fail in the CI run (CI=true).
 
 Manual run:  python3 postfix_backend.py  (starts an instance, prints its
 port and directory, waits for Enter, stops it).
@@ -166,6 +168,32 @@ def available():
     except KeyError:
         return "user postfix or group postdrop missing"
     return ""
+
+
+def in_ci():
+    """The CI run: environment CI=true (also 1 or yes, as test_outbound.py's
+    _ci() reads it), as root after scripts/install-deps.sh."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require_or_skip(reason):
+    """Skips the calling test for reason; in the CI run (in_ci()) fails it
+    instead, so a broken install cannot hide the tests against a real
+    Postfix or HAProxy behind a skip. The one place that decides it: every
+    such test comes here."""
+    import pytest  # here, so the manual run below needs no pytest
+    if in_ci():
+        pytest.fail("CI=true, but %s (scripts/install-deps.sh should have provided it)"
+                    % reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def require():
+    """For a test that needs a private Postfix: returns when one can run
+    here, else require_or_skip() with the reason."""
+    why = available()
+    if why:
+        require_or_skip("no private Postfix here: " + why)
 
 
 class PostfixError(AssertionError):

@@ -10,6 +10,7 @@ config file in tmp_path, in the foreground.
 import os
 import re
 import select
+import signal
 import smtplib
 import socket
 import ssl
@@ -33,7 +34,7 @@ MESSAGE = (b"From: a@client.test\r\nTo: b@postfix.test\r\nSubject: identity\r\n\
 
 def identity_config(backend_port, tcp_listen, tls_listen, *, client_info="none", workers=1,
                     tcp_proxy=False, tls_port=False, tls_proxy=False, max_connections=10000,
-                    max_connections_per_ip=100):
+                    max_connections_per_ip=100, log_level="debug"):
     b = lambda v: "true" if v else "false"  # noqa: E731
     return f"""# written by test_client_identity.py
 server_name = "mx.test";
@@ -45,7 +46,7 @@ inbound = {{
 }};
 limits = {{ max_connections = {max_connections}; max_connections_per_ip = {max_connections_per_ip};
            idle_timeout = 30; shutdown_timeout = 5; }};
-log = {{ level = "debug"; }};
+log = {{ level = "{log_level}"; }};
 tls = {{ priority = "NORMAL"; handshake_timeout = 10; }};
 """
 
@@ -172,16 +173,19 @@ def parse_pp_v1(line):
 
 class ScriptedBackend:
     """Threaded SMTP server on 127.0.0.1:0. proxy='v1'|'v2': reads that PROXY
-    header first (recorded raw). Offers ehlo keywords; answers XCLIENT with
-    xclient_reply, after which it greets again. Records, per connection, the
-    header bytes, the command lines and everything received."""
+    header first (recorded raw). Offers ehlo keywords (or answers EHLO with
+    ehlo_reply when given); answers XCLIENT with xclient_reply, after which it
+    greets again. A 421 reply is followed by the close, as Postfix does.
+    Records, per connection, the header bytes, the command lines and
+    everything received."""
 
     def __init__(self, proxy=None, ehlo=("PIPELINING", "8BITMIME", "XCLIENT NAME ADDR PORT"),
                  xclient_reply="220 second.greeting ESMTP after XCLIENT",
-                 greeting="220 first.greeting ESMTP scripted"):
+                 greeting="220 first.greeting ESMTP scripted", ehlo_reply=None):
         self.proxy = proxy
         self.greeting = greeting
         self.ehlo = list(ehlo)
+        self.ehlo_reply = ehlo_reply
         self.xclient_reply = xclient_reply
         self.conns = []  # dicts: header, commands, raw, error
         self.lock = threading.Lock()
@@ -266,7 +270,11 @@ class ScriptedBackend:
                         with self.lock:
                             rec["commands"].append(line)
                         verb = line.split(" ", 1)[0].upper()
-                        if verb == "EHLO":
+                        if verb == "EHLO" and self.ehlo_reply:
+                            conn.sendall(self.ehlo_reply.encode() + b"\r\n")
+                            if self.ehlo_reply.startswith("421"):
+                                return
+                        elif verb == "EHLO":
                             kws = ["scripted.backend"] + self.ehlo
                             conn.sendall("".join("250-%s\r\n" % k for k in kws[:-1]).encode()
                                          + ("250 %s\r\n" % kws[-1]).encode())
@@ -276,6 +284,8 @@ class ScriptedBackend:
                             ready, _, _ = select.select([conn], [], [], 0)
                             rec["pipelined_after_xclient"] = bool(buf or ready)
                             conn.sendall(self.xclient_reply.encode() + b"\r\n")
+                            if self.xclient_reply.startswith("421"):
+                                return
                         elif verb == "DATA":
                             conn.sendall(b"354 go on\r\n")
                             in_data = True
@@ -411,9 +421,7 @@ class Haproxy:
 
 @pytest.fixture
 def postfix(tmp_path):
-    why = postfix_backend.available()
-    if why:
-        pytest.skip(why)
+    postfix_backend.require()  # skips; fails under CI=true
     pf = postfix_backend.PostfixBackend(keep_log_to=str(tmp_path / "postfix-maillog"))
     yield pf
     pf.stop()
@@ -429,7 +437,7 @@ def scripted_factory():
 @pytest.fixture
 def haproxy_factory(tmp_path):
     if not os.access(HAPROXY, os.X_OK):
-        pytest.skip("haproxy not installed")
+        postfix_backend.require_or_skip("%s not installed" % HAPROXY)
     made = []
 
     def make(tlsfront_tcp, tlsfront_tls):
@@ -440,6 +448,25 @@ def haproxy_factory(tmp_path):
     yield make
     for h in made:
         h.stop()
+
+
+def test_postfix_and_haproxy_tests_fail_instead_of_skipping_in_ci(monkeypatch):
+    """require_or_skip(): a skip, except in the CI run (CI=true), where a
+    missing Postfix or HAProxy is a failure."""
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="haproxy gone"):
+        postfix_backend.require_or_skip("haproxy gone")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception):
+        postfix_backend.require_or_skip("haproxy gone")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true, but haproxy gone"):
+        postfix_backend.require_or_skip("haproxy gone")
+    monkeypatch.setattr(postfix_backend, "available", lambda: "no postfix user")
+    with pytest.raises(pytest.fail.Exception, match="no postfix user"):
+        postfix_backend.require()
+    monkeypatch.setattr(postfix_backend, "available", lambda: "")
+    postfix_backend.require()  # nothing missing: neither
 
 
 # ---- helpers on Postfix's log ------------------------------------------------------
@@ -602,13 +629,29 @@ def test_s3_1_s3_3_xclient_554_greeting_relayed(tlsfront_factory, scripted_facto
     assert not any(x.upper().startswith(("EHLO", "XCLIENT")) for x in rec["commands"]), rec
 
 
-@pytest.mark.parametrize("case", ["no_xclient_keyword", "xclient_refused"])
+XCLIENT_FAILURES = {
+    # case: (ScriptedBackend options, or None for aiosmtpd; what the note
+    # says; the backend reply it quotes, or None)
+    "no_xclient_keyword": (None, "does not offer XCLIENT", None),
+    "xclient_refused": ({"xclient_reply": "550 5.7.0 Error: insufficient authorization"},
+                        "refused XCLIENT", "550 5.7.0 Error: insufficient authorization"),
+    # A backend's 421 to tlsfront's own EHLO or XCLIENT is not passed on as
+    # the general 421 rule (§3.2) would: it answered tlsfront, not the client.
+    "xclient_421": ({"xclient_reply": "421 4.7.0 first.greeting Error: too many connections"},
+                    "closed on XCLIENT", "421 4.7.0 first.greeting Error: too many connections"),
+    "ehlo_421": ({"ehlo_reply": "421 4.3.2 first.greeting Service not available"},
+                 "closed on EHLO before XCLIENT", "421 4.3.2 first.greeting Service not available"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(XCLIENT_FAILURES))
 def test_s3_3_xclient_backend_without_xclient(tlsfront_factory, aiosmtpd_backend,
                                               scripted_factory, case):
-    if case == "no_xclient_keyword":
+    options, says, quoted = XCLIENT_FAILURES[case]
+    if options is None:
         port = aiosmtpd_backend.port  # aiosmtpd does not offer XCLIENT
     else:
-        port = scripted_factory(xclient_reply="550 5.7.0 Error: insufficient authorization").port
+        port = scripted_factory(**options).port
     tf = start_front(tlsfront_factory, port, client_info="xclient")
     with Client(tf.port, source="127.0.0.2") as c:
         r = c.read_reply()
@@ -617,10 +660,66 @@ def test_s3_3_xclient_backend_without_xclient(tlsfront_factory, aiosmtpd_backend
         assert closed and rest == b"", rest
     notes = [n for n in tf.wait_event("note") if "xclient" in n.get("note", "").lower()]
     assert notes, "no event=note saying why:\n" + tf.log_text()
-    if case == "no_xclient_keyword":
+    [note] = notes
+    # A configuration error: level=error, so log.level = "warn" shows it
+    # too (§6); it names the backend and quotes its reply.
+    assert note["level"] == "error", note
+    assert says in note["note"], note
+    assert note["backend"] == "127.0.0.1:%d" % port, note
+    if quoted:
+        assert note["reply"] == quoted, note
+    if options is None:
         assert not aiosmtpd_backend.messages
     summary = tf.session_of(c.local)
     assert summary["messages"] == "0", summary
+    assert summary["reason"] == "error", summary
+
+
+def test_s3_3_s6_xclient_failure_seen_at_log_level_warn(tmp_path, tlsfront_bin,
+                                                       scripted_factory):
+    """An operator running log.level = "warn" still learns why every client
+    gets 421 4.3.5. (Started by hand: at "warn" there is no event=listening
+    line for tlsfront_factory to wait for.)"""
+    backend = scripted_factory(xclient_reply="421 4.7.0 first.greeting Error: too many")
+    log_path = str(tmp_path / "warn.log")
+    proc = None
+    for _attempt in range(3):
+        port = tfhelpers.free_port()
+        cfg = str(tmp_path / "warn.conf")
+        with open(cfg, "w") as f:
+            f.write(identity_config(backend.port, port, tfhelpers.free_port(),
+                                    client_info="xclient", log_level="warn"))
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([tlsfront_bin, "-c", cfg], stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log)
+        if wait_until(lambda: proc.poll() is not None or postfix_backend.is_listening(port),
+                      10.0) and proc.poll() is None:
+            break
+        proc.wait(10)
+    assert proc.poll() is None, "tlsfront did not start:\n" + open(log_path).read()
+
+    def log_lines():
+        with open(log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace").splitlines()
+
+    try:
+        with Client(port, source="127.0.0.2") as c:
+            r = c.read_reply()
+            assert r.code == 421 and r.enhanced == "4.3.5", r
+            assert closed_silently(c, 5)[0]
+        assert wait_until(lambda: any("event=note" in l for l in log_lines()), 10.0), log_lines()
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0, log_lines()
+    lines = log_lines()
+    [note] = [tfhelpers.parse_kv(l) for l in lines if "event=note" in l]
+    assert note["level"] == "error" and "closed on XCLIENT" in note["note"], note
+    # Nothing below warn: no listening, session or connect lines.
+    assert all(tfhelpers.parse_kv(l).get("level") in ("warn", "error") for l in lines), lines
+    assert not [l for l in lines if any(m in l for m in tfhelpers.SANITIZER_MARKERS)], lines
+    [rec] = backend.wait_conns(1)
+    assert rec["commands"] == ["EHLO mx.test", "XCLIENT ADDR=127.0.0.2 PORT=%d NAME=[UNAVAILABLE]"
+                               % c.local_port], rec
 
 
 # ============================================================================
@@ -1141,3 +1240,55 @@ def test_s3_1_max_connections_counts_connections_awaiting_header(tlsfront_factor
     finally:
         for c in held:
             c.close()
+
+
+def _all_stopped(pid):
+    """Every thread of pid is stopped (state T): SIGSTOP has taken effect."""
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+        states = []
+        for tid in tids:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+    except OSError:
+        return False
+    return bool(states) and all(st in ("T", "t") for st in states)
+
+
+@pytest.mark.parametrize("tcp_proxy", [False, True], ids=["plain", "proxy_protocol"])
+def test_s3_1_s6_connection_reset_before_accept_is_no_session(tlsfront_factory, raw_backend,
+                                                               tcp_proxy):
+    """A connection reset before tlsfront could ask its address (a balancer's
+    health check: connect, then RST) is closed quietly: a debug line, no
+    summary with a made-up client (it used to be client=unix), nothing
+    counted against the limits under a zeroed address.
+
+    Deterministic: tlsfront is stopped (SIGSTOP) while the connections are
+    made and reset, so they are reset in the accept queue, and
+    getpeername fails once it accepts them."""
+    tf = start_front(tlsfront_factory, raw_backend.port, tcp_proxy=tcp_proxy,
+                     max_connections=2, max_connections_per_ip=1)
+    os.kill(tf.pid, signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: _all_stopped(tf.pid), 5.0), "tlsfront did not stop"
+        for _ in range(3):
+            s = socket.create_connection((HOST, tf.port), timeout=IO_TIMEOUT,
+                                         source_address=("127.0.0.2", 0))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # RST
+    finally:
+        os.kill(tf.pid, signal.SIGCONT)
+    lost = tf.wait_event("connect_lost", 3)
+    assert all(ev["level"] == "debug" for ev in lost), lost
+    # A real client from the same address is admitted (max_connections_per_ip
+    # = 1) and is the only session logged.
+    preamble = pp_v1("192.0.2.9", 4000, "192.0.2.1", 25) if tcp_proxy else b""
+    with Client(tf.port, source="127.0.0.2", preamble=preamble) as c:
+        assert c.greeting().code == 220
+        assert c.cmd("QUIT").code == 221
+    summary = tf.session_of("192.0.2.9:4000" if tcp_proxy else c.local)
+    assert summary["reason"] == "quit", summary
+    assert len(tf.events("session")) == 1, tf.log_text()
+    text = tf.log_text()
+    for bad in ("=unix", "=unknown", "event=limit"):
+        assert bad not in text, text

@@ -77,8 +77,11 @@ struct run {
 	bool authenticated;
 	unsigned errors, messages;
 	enum smtp_phase phase;
-	bool has_user;		   /* smtp_machine_user() was not NULL */
-	char user[SASL_USER_SIZE]; /* its value */
+	bool has_user;			      /* smtp_machine_user() was not NULL */
+	char user[SASL_USER_SIZE];	      /* its value */
+	const char *note;		      /* the last note of the run, or NULL */
+	bool config_error;		      /* a note was a configuration error */
+	char note_reply[SMTP_NOTE_REPLY_MAX]; /* the note_reply of that one */
 };
 
 /* Strings no run may show anywhere but in the bytes to the backend (a
@@ -139,7 +142,17 @@ static void collect(struct smtp_machine *m, struct run *r, size_t i, bool was_cl
 		}
 	}
 	r->discarded[i] += m->act.discarded;
+	if (m->act.note)
+		r->note = m->act.note;
+	if (m->act.config_error) {
+		assert_non_null(m->act.note);
+		r->config_error = true;
+		memcpy(r->note_reply, m->act.note_reply, sizeof(r->note_reply));
+	}
 	smtp_machine_clear_actions(m);
+	assert_null(m->act.note);
+	assert_false(m->act.config_error);
+	assert_int_equal(m->act.note_reply[0], '\0');
 }
 
 /* Feeds bytes in pieces: at split (when split <= n) or every piece bytes. */
@@ -271,7 +284,9 @@ static void assert_same_run(const struct run *a, const struct run *b, const char
 		    a->nsteps == b->nsteps && a->close_step == b->close_step &&
 		    a->reason == b->reason && a->authenticated == b->authenticated &&
 		    a->errors == b->errors && a->phase == b->phase && a->has_user == b->has_user &&
-		    strcmp(a->user, b->user) == 0;
+		    strcmp(a->user, b->user) == 0 && (a->note == NULL) == (b->note == NULL) &&
+		    (!a->note || strcmp(a->note, b->note) == 0) &&
+		    a->config_error == b->config_error && strcmp(a->note_reply, b->note_reply) == 0;
 	for (size_t i = 0; same && i <= a->nsteps; i++)
 		same = a->client_at[i] == b->client_at[i] && a->backend_at[i] == b->backend_at[i];
 	for (size_t i = 0; same && i < a->nsteps; i++)
@@ -384,6 +399,17 @@ static void expect_close(const struct run *r, int step, enum smtp_close_reason r
 	if (r->close_step != step || (step >= 0 && r->reason != reason))
 		fail_msg("closed at step %d reason %s, want step %d reason %s", r->close_step,
 			 smtp_close_reason_name(r->reason), step, smtp_close_reason_name(reason));
+}
+
+/* The run ended on a configuration-error note naming what, quoting reply. */
+static void expect_config_error(const struct run *r, const char *what, const char *reply)
+{
+	if (!r->config_error || !r->note || !strstr(r->note, what) ||
+	    !strstr(r->note, "backend.client_info = xclient") || strcmp(r->note_reply, reply) != 0)
+		fail_msg("want a configuration error \"%s\" quoting \"%s\"; got %s \"%s\" "
+			 "quoting \"%s\"",
+			 what, reply, r->config_error ? "error" : "note",
+			 r->note ? r->note : "(none)", r->note_reply);
 }
 
 static struct smtp_machine_config cfg_tcp(void)
@@ -518,12 +544,88 @@ static void test_s3_3_xclient_not_offered_421_4_3_5(void **state)
 	expect_client(&r, "421 4.3.5 *\r\n");
 	expect_backend(&r, "EHLO mx.test\r\n");
 	expect_close(&r, 1, CLOSE_ERROR);
+	expect_config_error(&r, "does not offer XCLIENT", "250-backend.test");
 	run_free(&r);
 
 	/* EHLO refused by the backend: the same. */
 	const struct step t[] = {B(GREET), B("502 5.5.1 no EHLO\r\n"), END};
 	play(&cfg, t, &r);
 	expect_client(&r, "421 4.3.5 *\r\n");
+	expect_config_error(&r, "refused EHLO", "502 5.5.1 no EHLO");
+	run_free(&r);
+}
+
+/* A 421 to tlsfront's own EHLO is not the general 421 rule (§3.2): the
+ * backend answered tlsfront, not the client, and its closing says nothing
+ * the client could act on. §3.3: 421 4.3.5, and the log says why. */
+static void test_s3_3_xclient_ehlo_421_gives_421_4_3_5(void **state)
+{
+	struct smtp_machine_config cfg = cfg_xclient();
+	const struct step s[] = {B(GREET),
+				 C("EHLO c\r\nMAIL FROM:<a@b.test>\r\n"),
+				 B("421-backend.test busy\r\n421 4.7.0 try later\r\n"),
+				 C("RCPT TO:<c@d.test>\r\n"),
+				 B("250 late\r\n"),
+				 END};
+	struct run r;
+	play(&cfg, s, &r);
+	/* Only 421 4.3.5: neither the backend's 421 nor anything after. */
+	expect_client(&r, "421 4.3.5 *\r\n");
+	expect_client_step(&r, 2, "421 4.3.5 *\r\n");
+	/* The held client commands never reached the backend. */
+	expect_backend(&r, "EHLO mx.test\r\n");
+	expect_close(&r, 2, CLOSE_ERROR);
+	expect_config_error(&r, "EHLO before XCLIENT", "421-backend.test busy");
+	run_free(&r);
+}
+
+static void test_s3_3_xclient_reply_421_gives_421_4_3_5(void **state)
+{
+	struct smtp_machine_config cfg = cfg_xclient();
+	const struct step s[] = {B(GREET),
+				 C("EHLO c\r\n"),
+				 B("250-backend.test\r\n250 XCLIENT ADDR PORT NAME\r\n"),
+				 B("421 4.7.0 backend.test Error: too many connections\r\n"),
+				 BACKEND_CLOSED,
+				 END};
+	struct run r;
+	play(&cfg, s, &r);
+	expect_client(&r, "421 4.3.5 *\r\n");
+	expect_client_step(&r, 3, "421 4.3.5 *\r\n");
+	expect_backend(&r, "EHLO mx.test\r\nXCLIENT ADDR=IPV6:2001:db8::7 PORT=40123 "
+			   "NAME=[UNAVAILABLE]\r\n");
+	/* reason=error, not backend_closed: the session did not end because
+	 * the backend went away but because it is configured wrong. */
+	expect_close(&r, 3, CLOSE_ERROR);
+	expect_config_error(&r, "closed on XCLIENT",
+			    "421 4.7.0 backend.test Error: too many connections");
+	run_free(&r);
+}
+
+/* Once XCLIENT succeeded, the backend's 421 is the general rule again. */
+static void test_s3_3_xclient_done_backend_421_passed_on(void **state)
+{
+	struct smtp_machine_config cfg = cfg_xclient();
+	const struct step s[] = {B(GREET),
+				 B("250-backend.test\r\n250 XCLIENT ADDR\r\n"),
+				 B("220 backend.test again\r\n"),
+				 C("NOOP\r\n"),
+				 B("421 4.4.2 backend timeout\r\n"),
+				 END};
+	struct run r;
+	play(&cfg, s, &r);
+	expect_client(&r, "220 backend.test again\r\n421 4.4.2 backend timeout\r\n");
+	expect_close(&r, 4, CLOSE_BACKEND_CLOSED);
+	assert_false(r.config_error);
+	run_free(&r);
+
+	/* A 421 greeting is the greeting (§3.1): passed on, no XCLIENT. */
+	const struct step t[] = {B("421 4.3.2 backend.test not now\r\n"), END};
+	play(&cfg, t, &r);
+	expect_client(&r, "421 4.3.2 backend.test not now\r\n");
+	expect_backend(&r, "");
+	expect_close(&r, 0, CLOSE_BACKEND_CLOSED);
+	assert_false(r.config_error);
 	run_free(&r);
 }
 
@@ -536,6 +638,21 @@ static void test_s3_3_xclient_refused_421_4_3_5(void **state)
 	play(&cfg, s, &r);
 	expect_client(&r, "421 4.3.5 *\r\n");
 	expect_close(&r, 2, CLOSE_ERROR);
+	expect_config_error(&r, "refused XCLIENT", "550 5.7.0 not authorized");
+	run_free(&r);
+
+	/* The reply quoted in the log is its first line, bounded. */
+	char long_reply[2 * SMTP_NOTE_REPLY_MAX + 16];
+	memset(long_reply, 'x', sizeof(long_reply));
+	memcpy(long_reply, "550-", 4);
+	memcpy(long_reply + sizeof(long_reply) - 16, "\r\n550 5.7.0 no\r\n", 16);
+	const struct step t[] = {B(GREET), B("250-b\r\n250 XCLIENT\r\n"),
+				 BN(long_reply, sizeof(long_reply)), END};
+	play(&cfg, t, &r);
+	expect_client(&r, "421 4.3.5 *\r\n");
+	assert_true(r.config_error);
+	assert_int_equal(strlen(r.note_reply), SMTP_NOTE_REPLY_MAX - 1);
+	assert_memory_equal(r.note_reply, "550-xxx", 7);
 	run_free(&r);
 }
 
@@ -2574,6 +2691,9 @@ int main(void)
 	    cmocka_unit_test(test_s3_3_xclient_handshake),
 	    cmocka_unit_test(test_s3_3_xclient_not_offered_421_4_3_5),
 	    cmocka_unit_test(test_s3_3_xclient_refused_421_4_3_5),
+	    cmocka_unit_test(test_s3_3_xclient_ehlo_421_gives_421_4_3_5),
+	    cmocka_unit_test(test_s3_3_xclient_reply_421_gives_421_4_3_5),
+	    cmocka_unit_test(test_s3_3_xclient_done_backend_421_passed_on),
 	    cmocka_unit_test(test_s3_3_xclient_greeting_554_relayed),
 	    cmocka_unit_test(test_s3_2_pipelining_replies_in_order),
 	    cmocka_unit_test(test_s3_2_pipelining_local_refusal_in_turn),
