@@ -1,12 +1,21 @@
 /* credentials.c — one refcounted generation of GnuTLS credentials: the
  * cert/key pairs (or the self-signed default of SPEC §5), the priority
- * cache, the TLS session ticket key, and the per-session set-up that applies
- * them (tickets, ALPN "smtp" of SPEC §5 / §7.7); for the outbound client
+ * cache, a reference on the shared TLS session ticket key, and the
+ * per-session set-up that applies them (tickets, ALPN "smtp" of SPEC §5 /
+ * §7.7); for the outbound client
  * side, the trust anchors and the client-certificate choice of SPEC §4.2.6 /
  * §7.9.
  *
+ * TLS 1.0 and 1.1 are never negotiated, whatever tls.priority says:
+ * PRIORITY_NO_OLD_TLS is appended to every priority string, and one that is
+ * then left without TLS 1.2 and 1.3 is refused.
+ *
  * A generation is immutable once built and shared read-only by all worker
- * threads; only its reference count changes. Never includes libuv or
+ * threads; only its reference count changes. The ticket key is the one
+ * mutable part, behind a mutex in struct creds_tickets: GnuTLS copies the
+ * key into the session in gnutls_session_ticket_enable_server() (lib/stek.c,
+ * memcpy into initial_stek), so the key only has to stay put during that
+ * call, and a rotation may wipe and free the old one at once. Never includes libuv or
  * policy/, never prints or logs: errors go to the caller's buffer.
  */
 #include "certs/credentials.h"
@@ -14,6 +23,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -25,6 +35,16 @@
 #include <gnutls/x509.h>
 
 #define DEFAULT_PRIORITY "NORMAL"
+/* SPEC §6 logs tls=TLS1.3|TLS1.2|none: nothing older is ever negotiated,
+ * inbound or outbound. */
+#define PRIORITY_NO_OLD_TLS ":-VERS-TLS1.0:-VERS-TLS1.1:-VERS-SSL3.0"
+
+/* The shared session ticket key. */
+struct creds_tickets {
+	atomic_uint refs;
+	pthread_mutex_t lock; /* guards key */
+	gnutls_datum_t key;   /* secret: wiped before it is freed */
+};
 
 /* One cert/key pair as the outbound client side presents it: copies of a
  * pair of the server credentials, made when the generation is built. */
@@ -40,7 +60,8 @@ struct creds {
 	atomic_uint refs;
 	gnutls_certificate_credentials_t cert; /* server sessions only */
 	gnutls_priority_t priority;
-	gnutls_datum_t ticket_key; /* secret: wiped before it is freed */
+	struct creds_tickets *tickets; /* one reference */
+	unsigned ticket_lifetime;      /* seconds; 0: no session tickets */
 	/* Client sessions (the outbound peer leg) use their own certificate
 	 * credentials: the trust anchors of "verify" and a retrieve function
 	 * that hands out the pairs below, so that GnuTLS's built-in client
@@ -182,15 +203,8 @@ static bool load_self_signed(gnutls_certificate_credentials_t cert, const char *
 	return true;
 }
 
-static bool load_priority(struct creds *c, const char *priority, char *err, size_t errlen)
+static void priority_error(const char *prio, int rc, const char *pos, char *err, size_t errlen)
 {
-	const char *pos = NULL;
-	const char *prio = priority ? priority : DEFAULT_PRIORITY;
-
-	int rc = gnutls_priority_init2(&c->priority, prio, &pos, 0);
-	if (rc == 0)
-		return true;
-	c->priority = NULL;
 	if (rc == GNUTLS_E_INVALID_REQUEST && pos != NULL && pos >= prio &&
 	    pos <= prio + strlen(prio))
 		set_err(err, errlen, "invalid priority string \"%s\" at position %zu (\"%s\"): %s",
@@ -198,7 +212,140 @@ static bool load_priority(struct creds *c, const char *priority, char *err, size
 	else
 		set_err(err, errlen, "invalid priority string \"%s\": %s", prio,
 			gnutls_strerror(rc));
+}
+
+static bool has_tls12_or_13(gnutls_priority_t p)
+{
+	const unsigned *list = NULL;
+	int n = gnutls_priority_protocol_list(p, &list);
+	for (int i = 0; i < n; i++)
+		if (list[i] == GNUTLS_TLS1_2 || list[i] == GNUTLS_TLS1_3)
+			return true;
 	return false;
+}
+
+/* The operator's string as GnuTLS reads it (so that an error points into
+ * that string), then with PRIORITY_NO_OLD_TLS appended: *out is the latter.
+ * Returns 0 or -1 with a message in err. */
+static int make_priority(const char *priority, gnutls_priority_t *out, char *err, size_t errlen)
+{
+	const char *prio = priority ? priority : DEFAULT_PRIORITY;
+	const char *pos = NULL;
+	gnutls_priority_t p = NULL;
+
+	*out = NULL;
+	int rc = gnutls_priority_init2(&p, prio, &pos, 0);
+	if (rc < 0) {
+		priority_error(prio, rc, pos, err, errlen);
+		return -1;
+	}
+	gnutls_priority_deinit(p);
+	p = NULL;
+
+	size_t len = strlen(prio) + sizeof(PRIORITY_NO_OLD_TLS);
+	char *full = malloc(len);
+	if (full == NULL) {
+		set_err(err, errlen, "out of memory");
+		return -1;
+	}
+	snprintf(full, len, "%s%s", prio, PRIORITY_NO_OLD_TLS);
+	rc = gnutls_priority_init2(&p, full, &pos, 0);
+	free(full);
+	if (rc == 0 && has_tls12_or_13(p)) {
+		*out = p;
+		return 0;
+	}
+	if (rc == 0)
+		gnutls_priority_deinit(p);
+	if (rc == 0 || rc == GNUTLS_E_NO_PRIORITIES_WERE_SET)
+		set_err(err, errlen,
+			"priority string \"%s\" enables neither TLS 1.2 nor TLS 1.3 (TLS 1.0 "
+			"and 1.1 are always disabled)",
+			prio);
+	else
+		set_err(err, errlen, "priority string \"%s\" with \"%s\" appended: %s", prio,
+			PRIORITY_NO_OLD_TLS, gnutls_strerror(rc));
+	return -1;
+}
+
+int creds_check_priority(const char *priority, char *err, size_t errlen)
+{
+	gnutls_priority_t p;
+
+	set_err(err, errlen, "%s", "");
+	if (make_priority(priority, &p, err, errlen) < 0)
+		return -1;
+	gnutls_priority_deinit(p);
+	return 0;
+}
+
+/* ---- the shared session ticket key ---- */
+
+struct creds_tickets *creds_tickets_new(char *err, size_t errlen)
+{
+	struct creds_tickets *t = calloc(1, sizeof(*t));
+	int rc;
+
+	if (t == NULL) {
+		set_err(err, errlen, "out of memory");
+		return NULL;
+	}
+	if ((rc = gnutls_session_ticket_key_generate(&t->key)) < 0) {
+		set_err(err, errlen, "cannot make a session ticket key: %s", gnutls_strerror(rc));
+		free(t);
+		return NULL;
+	}
+	atomic_init(&t->refs, 1);
+	pthread_mutex_init(&t->lock, NULL);
+	return t;
+}
+
+void creds_tickets_ref(struct creds_tickets *t)
+{
+	if (t)
+		atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+}
+
+static void wipe_key(gnutls_datum_t *key)
+{
+	if (key->data) {
+		gnutls_memset(key->data, 0, key->size);
+		gnutls_free(key->data);
+	}
+	key->data = NULL;
+	key->size = 0;
+}
+
+void creds_tickets_unref(struct creds_tickets *t)
+{
+	if (t == NULL || atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	wipe_key(&t->key);
+	pthread_mutex_destroy(&t->lock);
+	free(t);
+}
+
+int creds_tickets_rotate(struct creds_tickets *t)
+{
+	gnutls_datum_t fresh = {NULL, 0};
+	int rc = gnutls_session_ticket_key_generate(&fresh);
+	if (rc < 0)
+		return rc;
+	pthread_mutex_lock(&t->lock);
+	gnutls_datum_t old = t->key;
+	t->key = fresh;
+	pthread_mutex_unlock(&t->lock);
+	wipe_key(&old);
+	return 0;
+}
+
+/* GnuTLS copies the key into the session during the call. */
+static int tickets_enable(struct creds_tickets *t, gnutls_session_t s)
+{
+	pthread_mutex_lock(&t->lock);
+	int rc = gnutls_session_ticket_enable_server(s, &t->key);
+	pthread_mutex_unlock(&t->lock);
+	return rc;
 }
 
 /* Trust anchors for outbound "verify" (SPEC §4.3). They live in the client
@@ -240,10 +387,7 @@ static void creds_free(struct creds *c)
 	for (size_t i = 0; i < c->n_pairs; i++)
 		client_pair_free(&c->pairs[i]);
 	free(c->pairs);
-	if (c->ticket_key.data) {
-		gnutls_memset(c->ticket_key.data, 0, c->ticket_key.size);
-		gnutls_free(c->ticket_key.data);
-	}
+	creds_tickets_unref(c->tickets);
 	free(c);
 }
 
@@ -450,11 +594,18 @@ struct creds *creds_new(const struct creds_params *params, bool *self_signed, ch
 		set_err(err, errlen, "cannot set DH parameters: %s", gnutls_strerror(rc));
 		goto fail;
 	}
-	if (!load_priority(c, params->priority, err, errlen))
+	if (make_priority(params->priority, &c->priority, err, errlen) < 0)
 		goto fail;
-	if ((rc = gnutls_session_ticket_key_generate(&c->ticket_key)) < 0) {
-		c->ticket_key.data = NULL;
-		set_err(err, errlen, "cannot make a session ticket key: %s", gnutls_strerror(rc));
+	if (params->ticket_lifetime > CREDS_TICKET_LIFETIME_MAX) {
+		set_err(err, errlen, "session ticket lifetime %u is above %u seconds",
+			params->ticket_lifetime, CREDS_TICKET_LIFETIME_MAX);
+		goto fail;
+	}
+	c->ticket_lifetime = params->ticket_lifetime;
+	if (params->tickets) {
+		creds_tickets_ref(params->tickets);
+		c->tickets = params->tickets;
+	} else if ((c->tickets = creds_tickets_new(err, errlen)) == NULL) {
 		goto fail;
 	}
 	if (self_signed)
@@ -499,8 +650,16 @@ int creds_server_session(struct creds *c, gnutls_session_t *session)
 		goto fail;
 	if ((rc = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, c->cert)) < 0)
 		goto fail;
-	if ((rc = gnutls_session_ticket_enable_server(s, &c->ticket_key)) < 0)
-		goto fail;
+	/* The lifetime hint of each ticket, and how long GnuTLS accepts one
+	 * (RFC 8446 §4.6.1). Set before the key: GnuTLS times the sub-keys it
+	 * derives from the key by it (lib/stek.c). No key at all, no tickets:
+	 * a GnuTLS server sends none until gnutls_session_ticket_enable_server,
+	 * and without a session cache there is no other resumption. */
+	if (c->ticket_lifetime > 0) {
+		gnutls_db_set_cache_expiration(s, (int)c->ticket_lifetime);
+		if ((rc = tickets_enable(c->tickets, s)) < 0)
+			goto fail;
+	}
 	gnutls_certificate_server_set_request(s, GNUTLS_CERT_IGNORE);
 	/* SPEC §5 / §7.7: "smtp" is selected when offered; GNUTLS_ALPN_MANDATORY
 	 * fails the handshake with GNUTLS_E_NO_APPLICATION_PROTOCOL when the

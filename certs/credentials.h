@@ -2,12 +2,18 @@
  *
  * A generation holds the server certificate credentials (one or more
  * cert/key pairs, or the in-memory self-signed default of SPEC §5), the
- * priority cache, the TLS 1.3 session ticket key, and separate client
+ * priority cache (TLS 1.0 and 1.1 always removed), a reference on the
+ * session ticket key and the ticket lifetime, and separate client
  * certificate credentials for the outbound peer leg: the trust anchors of
  * "verify" and copies of the same pairs, which the generation owns and lends
  * to client sessions. Sessions take a reference when they start and drop it
  * after gnutls_deinit(); a reload (SIGHUP) builds a whole new generation and
  * the old one dies with its last session.
+ *
+ * The session ticket key (struct creds_tickets) lives apart from the
+ * generations: one key shared by every worker thread and every generation,
+ * so a reload keeps tickets valid; the caller replaces it on a timer
+ * (creds_tickets_rotate), and new sessions get the new key.
  *
  * Never includes libuv or policy/: the caller passes plain values. Never logs:
  * errors come back as text in a caller's buffer.
@@ -24,14 +30,40 @@ struct creds_pair {
 	const char *key_file;  /* PEM */
 };
 
+struct creds_tickets; /* opaque */
+
 struct creds_params {
 	const struct creds_pair *pairs; /* may be NULL when n_pairs == 0 */
 	size_t n_pairs;			/* 0: make a self-signed certificate */
 	const char *server_name;	/* CN and DNS SAN of the self-signed one */
-	const char *priority;		/* GnuTLS priority string */
+	const char *priority;		/* GnuTLS priority string; NULL: "NORMAL" */
+	struct creds_tickets *tickets;	/* the shared ticket key (the generation
+					 * takes a reference); NULL: a key of
+					 * the generation's own */
+	unsigned ticket_lifetime;	/* seconds, at most CREDS_TICKET_LIFETIME_MAX:
+					 * the lifetime hint sent with each
+					 * ticket; 0: no session tickets */
 };
 
+#define CREDS_TICKET_LIFETIME_MAX 604800u /* 7 days: GnuTLS's and RFC 8446's limit */
+
 struct creds; /* opaque */
+
+/* A new session ticket key (random, from gnutls_session_ticket_key_generate)
+ * with a reference count of 1. NULL on error, with a message in err. */
+struct creds_tickets *creds_tickets_new(char *err, size_t errlen);
+void creds_tickets_ref(struct creds_tickets *t);   /* thread-safe */
+void creds_tickets_unref(struct creds_tickets *t); /* thread-safe; NULL is a no-op */
+/* Replaces the key with a fresh one (thread-safe) and wipes the old one.
+ * Sessions prepared from then on issue and accept tickets of the new key
+ * only; a ticket of the old key gets a full handshake. Returns 0, or a
+ * negative GnuTLS error code and the old key stays. */
+int creds_tickets_rotate(struct creds_tickets *t);
+
+/* Checks a priority string as creds_new() would use it: GnuTLS must accept
+ * it, and with TLS 1.0, TLS 1.1 and SSL 3.0 removed (always) it must still
+ * enable TLS 1.2 or TLS 1.3. Returns 0, or -1 with a message in err. */
+int creds_check_priority(const char *priority, char *err, size_t errlen);
 
 /* Builds a generation with a reference count of 1 (the caller's). On error
  * returns NULL and writes a message naming the file or the GnuTLS error into
@@ -43,7 +75,8 @@ void creds_ref(struct creds *c);   /* thread-safe */
 void creds_unref(struct creds *c); /* thread-safe; frees at zero; NULL is a no-op */
 
 /* Prepares a new server session with these credentials: certificate
- * credentials, priorities, session tickets, ALPN "smtp" (SPEC §5 ALPN rule),
+ * credentials, priorities, session tickets (the current key of the shared
+ * ticket key, and the ticket lifetime), ALPN "smtp" (SPEC §5 ALPN rule),
  * renegotiation refused. Returns 0 or a negative GnuTLS error code. The
  * caller owns *session and sets its transport functions. GnuTLS sends no
  * alert on a failed handshake by itself: the caller calls

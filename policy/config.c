@@ -35,6 +35,11 @@
  *                           would refuse valid commands; 1 MiB bounds the
  *                           memory one session may hold for one line.
  *   limits.max_errors       1 .. 1000
+ *   tls.session_cache_timeout  0 .. 604800 seconds: 0 turns session tickets
+ *                           off (Postfix: 0 disables the cache); 604800 (7
+ *                           days) is the longest ticket lifetime GnuTLS
+ *                           accepts (gnutls_db_set_cache_expiration) and RFC
+ *                           8446 §4.6.1 allows.
  *
  * Known limitation: libconfig 1.5 wraps a decimal integer that does not fit
  * 32 bits (4294967297 reads as 1) without an error; only the wrapped value
@@ -58,8 +63,9 @@
 #define MIN_LINE_LENGTH	 512u
 #define MAX_LINE_LENGTH	 (1024u * 1024u)
 #define MAX_ERRORS	 1000u
-#define HOST_MAX	 256 /* a DNS name is at most 253 characters */
-#define TF_UNIX_PATH_MAX 107 /* sizeof(sockaddr_un.sun_path) - 1 on Linux */
+#define MAX_TICKET_LIFE	 604800u /* 7 days */
+#define HOST_MAX	 256	 /* a DNS name is at most 253 characters */
+#define TF_UNIX_PATH_MAX 107	 /* sizeof(sockaddr_un.sun_path) - 1 on Linux */
 
 /* Enum values are stored through their offset as an int. */
 _Static_assert(sizeof(enum tf_log_level) == sizeof(int), "enum size");
@@ -125,6 +131,7 @@ static const struct leaf leaves[] = {
 	L_CERTS("tls.certificates", tls),
 	L_STRING("tls.priority", tls.priority, check_non_empty),
 	L_UINT("tls.handshake_timeout", tls.handshake_timeout, 1, MAX_TIMEOUT),
+	L_UINT("tls.session_cache_timeout", tls.session_cache_timeout, 0, MAX_TICKET_LIFE),
 
 	L_BOOL("inbound.tcp.enabled", inbound.tcp.enabled),
 	L_LISTEN("inbound.tcp.listen", inbound.tcp),
@@ -808,6 +815,7 @@ int config_defaults(struct tf_config *cfg)
 	cfg->tls.n_certs = 0;
 	cfg->tls.priority = strdup("NORMAL");
 	cfg->tls.handshake_timeout = 30;
+	cfg->tls.session_cache_timeout = 3600; /* Postfix's smtpd_tls_session_cache_timeout */
 
 	tcp->enabled = true;
 	tcp->listen[0] = strdup("0.0.0.0:25");
@@ -880,6 +888,8 @@ void config_free(struct tf_config *cfg)
 	free(cfg->outbound.next_hop);
 	free(cfg->outbound.ca_file);
 	free(cfg->user);
+	free(cfg->source.tls_priority.file);
+	free(cfg->source.backend_address.file);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -898,6 +908,30 @@ static int check_readable(struct loader *ld)
 		rc = fail_at(ld, NULL, "cannot read: %s", strerror(EISDIR));
 	fclose(f);
 	return rc;
+}
+
+/* Remembers where key was set (nothing when it was not). */
+static int note_source(struct loader *ld, const config_t *lc, const char *key,
+		       struct tf_key_source *src)
+{
+	const config_setting_t *s = config_lookup(lc, key);
+	if (s == NULL || config_setting_source_line(s) == 0)
+		return 0;
+	const char *file = config_setting_source_file(s);
+	if ((src->file = strdup(file != NULL ? file : ld->path)) == NULL)
+		return fail_at(ld, NULL, "out of memory");
+	src->line = config_setting_source_line(s);
+	return 0;
+}
+
+void config_where(const struct tf_config *cfg, const struct tf_key_source *src, char *out,
+		  size_t outlen)
+{
+	const char *path = cfg->path != NULL ? cfg->path : "(defaults)";
+	if (src != NULL && src->line > 0 && src->file != NULL)
+		snprintf(out, outlen, "%s:%u", src->file, src->line);
+	else
+		snprintf(out, outlen, "%s", path);
 }
 
 int config_load(const char *path, struct tf_config *cfg, char *err, size_t errlen)
@@ -931,7 +965,9 @@ int config_load(const char *path, struct tf_config *cfg, char *err, size_t errle
 		else
 			rc = fail_line(&ld, file, line > 0 ? (unsigned)line : 0, "%s", text);
 	} else if (walk_group(&ld, config_root_setting(&lc), "") < 0 ||
-		   check_combinations(&ld, &lc) < 0 || check_not_supported_yet(&ld, &lc) < 0) {
+		   check_combinations(&ld, &lc) < 0 || check_not_supported_yet(&ld, &lc) < 0 ||
+		   note_source(&ld, &lc, "tls.priority", &cfg->source.tls_priority) < 0 ||
+		   note_source(&ld, &lc, "backend.address", &cfg->source.backend_address) < 0) {
 		rc = -1;
 	}
 	config_destroy(&lc);

@@ -41,6 +41,14 @@ struct tf_cert_pair {
 	char *key;  /* PEM file path, owned */
 };
 
+/* Where a key was set, for errors found only after loading (a priority
+ * string GnuTLS refuses, a backend host that does not resolve). */
+struct tf_key_source {
+	char *file;    /* owned; the file holding the key (an @include'd one
+			* names itself); NULL when line is 0 */
+	unsigned line; /* 0: the key is not in the file (its default) */
+};
+
 struct tf_listener_config {
 	bool enabled;
 	char *listen[TF_MAX_LISTEN]; /* "host:port" / "[v6]:port", owned */
@@ -67,6 +75,9 @@ struct tf_config {
 		size_t n_certs; /* 0: self-signed default (SPEC §5) */
 		char *priority; /* GnuTLS priority string, owned */
 		unsigned handshake_timeout;
+		/* Seconds: the TLS session ticket key is replaced this often
+		 * and tickets live this long; 0 = no session tickets. */
+		unsigned session_cache_timeout;
 	} tls;
 
 	struct {
@@ -96,6 +107,11 @@ struct tf_config {
 	enum tf_bare_newlines bare_newlines;
 	enum tf_log_level log_level;
 	char *user; /* owned; "" = do not drop privileges */
+
+	struct {
+		struct tf_key_source tls_priority;
+		struct tf_key_source backend_address;
+	} source;
 };
 
 /* Fills cfg with the defaults of SPEC §2 (strings allocated; free with
@@ -116,5 +132,10 @@ void config_free(struct tf_config *cfg);
 int config_split_hostport(const char *text, char *host, size_t hostlen, unsigned *port);
 
 const char *config_log_level_name(enum tf_log_level level);
+
+/* Writes "FILE:LINE" for a key of cfg (src: one of cfg->source), or "FILE"
+ * when the key is not in the file, into out. */
+void config_where(const struct tf_config *cfg, const struct tf_key_source *src, char *out,
+		  size_t outlen);
 
 #endif

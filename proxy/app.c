@@ -1,4 +1,8 @@
-/* app.c — configuration generations (app.h). */
+/* app.c — configuration generations (app.h): the configuration file, the
+ * credentials built from it (with the shared session ticket key) and the
+ * resolved backend address. Errors found after the file was read (a
+ * priority string GnuTLS refuses, a backend host that does not resolve)
+ * name the key's FILE:LINE too (SPEC §2). */
 #include "proxy/app.h"
 
 #include <stdio.h>
@@ -7,7 +11,7 @@
 
 #include "proxy/log.h"
 
-struct app *app_load(const char *path, char *err, size_t errlen)
+struct app *app_load(const char *path, struct creds_tickets *tickets, char *err, size_t errlen)
 {
 	struct app *a = calloc(1, sizeof(*a));
 	if (!a) {
@@ -17,6 +21,14 @@ struct app *app_load(const char *path, char *err, size_t errlen)
 	atomic_init(&a->refs, 1);
 	if (config_load(path, &a->cfg, err, errlen) < 0) {
 		free(a);
+		return NULL;
+	}
+	char where[300];
+	char cerr[512];
+	if (creds_check_priority(a->cfg.tls.priority, cerr, sizeof(cerr)) < 0) {
+		config_where(&a->cfg, &a->cfg.source.tls_priority, where, sizeof(where));
+		snprintf(err, errlen, "%s: tls.priority: %s", where, cerr);
+		app_unref(a);
 		return NULL;
 	}
 	struct creds_pair pairs[TF_MAX_CERTS];
@@ -29,8 +41,9 @@ struct app *app_load(const char *path, char *err, size_t errlen)
 	    .n_pairs = a->cfg.tls.n_certs,
 	    .server_name = a->cfg.server_name,
 	    .priority = a->cfg.tls.priority,
+	    .tickets = tickets,
+	    .ticket_lifetime = a->cfg.tls.session_cache_timeout,
 	};
-	char cerr[512];
 	a->creds = creds_new(&p, &a->self_signed, cerr, sizeof(cerr));
 	if (a->creds && a->cfg.outbound.enabled && a->cfg.outbound.tls == TF_OUT_TLS_VERIFY &&
 	    creds_load_trust(a->creds, a->cfg.outbound.ca_file, cerr, sizeof(cerr)) < 0) {
@@ -43,7 +56,8 @@ struct app *app_load(const char *path, char *err, size_t errlen)
 		return NULL;
 	}
 	if (address_resolve(a->cfg.backend.address, false, &a->backend, cerr, sizeof(cerr)) < 0) {
-		snprintf(err, errlen, "%s: backend.address: %s", path, cerr);
+		config_where(&a->cfg, &a->cfg.source.backend_address, where, sizeof(where));
+		snprintf(err, errlen, "%s: backend.address: %s", where, cerr);
 		app_unref(a);
 		return NULL;
 	}

@@ -31,9 +31,11 @@ struct app {
 };
 
 /* Loads FILE, its certificates and the backend address into a new
- * generation with one reference. On error returns NULL and writes the
- * reason (FILE:LINE: ... for the configuration) into err. */
-struct app *app_load(const char *path, char *err, size_t errlen);
+ * generation with one reference; its credentials use the shared session
+ * ticket key tickets (they take a reference). On error returns NULL and
+ * writes the reason (FILE:LINE: ... for the configuration, tls.priority and
+ * backend.address included) into err. */
+struct app *app_load(const char *path, struct creds_tickets *tickets, char *err, size_t errlen);
 
 void app_ref(struct app *a);
 void app_unref(struct app *a); /* NULL is a no-op */

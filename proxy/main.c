@@ -3,7 +3,15 @@
  *
  * Everything that can fail for a bad configuration fails here, before any
  * socket is bound or any thread started. The main thread then only waits for
- * signals; the workers serve. Never makes SMTP decisions.
+ * signals and replaces the TLS session ticket key every
+ * tls.session_cache_timeout seconds (like Postfix's tlsmgr); the workers
+ * serve. Never makes SMTP decisions.
+ *
+ * The ticket key is one for the whole process: every worker and every
+ * configuration generation uses it, so a ticket from one worker resumes on
+ * another and a reload (SIGHUP) does not end resumption. A reload that
+ * changes tls.session_cache_timeout replaces the key at once and rearms the
+ * timer with the new period (0 stops it: no tickets).
  */
 #include <errno.h>
 #include <grp.h>
@@ -41,8 +49,53 @@ struct runtime {
 	struct bound *bound;
 	size_t n_bound;
 	uv_signal_t sig_term, sig_int, sig_hup;
+	struct creds_tickets *tickets; /* the shared ticket key; one reference */
+	uv_timer_t ticket_timer;       /* replaces it every ticket_period seconds */
+	unsigned ticket_period;	       /* 0: no tickets, the timer is stopped */
+	unsigned ticket_rotations;
 	bool stopping;
 };
+
+static void ticket_rotate(struct runtime *rt, const char *why)
+{
+	int rc = creds_tickets_rotate(rt->tickets);
+	if (rc < 0) {
+		log_msg(TF_LOG_ERROR,
+			"event=ticket_key_rotation_failed error=\"%s\" note=\"the current key "
+			"stays\"",
+			gnutls_strerror(rc));
+		return;
+	}
+	rt->ticket_rotations++;
+	/* Never any key material, at any level. */
+	log_msg(TF_LOG_DEBUG, "event=ticket_key_rotated rotation=%u period=%u reason=%s",
+		rt->ticket_rotations, rt->ticket_period, why);
+}
+
+static void ticket_timer_cb(uv_timer_t *t)
+{
+	ticket_rotate(t->data, "timer");
+}
+
+/* (Re)starts the rotation timer with a period of seconds; 0 stops it. */
+static void ticket_timer_arm(struct runtime *rt, unsigned seconds)
+{
+	rt->ticket_period = seconds;
+	if (seconds == 0) {
+		uv_timer_stop(&rt->ticket_timer);
+		return;
+	}
+	uint64_t ms = (uint64_t)seconds * 1000;
+	uv_timer_start(&rt->ticket_timer, ticket_timer_cb, ms, ms);
+}
+
+static void close_main_handles(struct runtime *rt)
+{
+	uv_close((uv_handle_t *)&rt->sig_term, NULL);
+	uv_close((uv_handle_t *)&rt->sig_int, NULL);
+	uv_close((uv_handle_t *)&rt->sig_hup, NULL);
+	uv_close((uv_handle_t *)&rt->ticket_timer, NULL);
+}
 
 static void usage(FILE *f)
 {
@@ -136,7 +189,7 @@ static void close_bound(struct runtime *rt)
 static void reload(struct runtime *rt)
 {
 	char err[1024];
-	struct app *next = app_load(rt->path, err, sizeof(err));
+	struct app *next = app_load(rt->path, rt->tickets, err, sizeof(err));
 	if (!next) {
 		log_msg(TF_LOG_ERROR,
 			"event=reload status=failed error=\"%s\" note=\"the running "
@@ -153,6 +206,14 @@ static void reload(struct runtime *rt)
 		return;
 	}
 	log_set_level(next->cfg.log_level);
+	/* The same period keeps the key and the timer: tickets stay good
+	 * across the reload. A new period starts afresh with a new key, before
+	 * any worker has the new generation, so that no ticket outlives the
+	 * period now configured. */
+	if (next->cfg.tls.session_cache_timeout != rt->ticket_period) {
+		ticket_timer_arm(rt, next->cfg.tls.session_cache_timeout);
+		ticket_rotate(rt, "reload");
+	}
 	/* status=ok is logged by the last worker to take the generation: from
 	 * that line on, every new session gets it. */
 	atomic_store(&next->adopt_pending, rt->n_workers);
@@ -175,9 +236,7 @@ static void signal_cb(uv_signal_t *h, int signum)
 	log_msg(TF_LOG_INFO, "event=stopping signal=%s", signum == SIGTERM ? "TERM" : "INT");
 	for (unsigned i = 0; i < rt->n_workers; i++)
 		worker_stop(&rt->workers[i]);
-	uv_close((uv_handle_t *)&rt->sig_term, NULL);
-	uv_close((uv_handle_t *)&rt->sig_int, NULL);
-	uv_close((uv_handle_t *)&rt->sig_hup, NULL);
+	close_main_handles(rt);
 	/* Closing a uv_signal restores the default action: a second TERM or
 	 * INT would kill the process and the sessions still draining. */
 	signal(SIGTERM, SIG_IGN);
@@ -250,6 +309,9 @@ static int run(struct runtime *rt)
 	uv_signal_start(&rt->sig_term, signal_cb, SIGTERM);
 	uv_signal_start(&rt->sig_int, signal_cb, SIGINT);
 	uv_signal_start(&rt->sig_hup, signal_cb, SIGHUP);
+	uv_timer_init(loop, &rt->ticket_timer);
+	rt->ticket_timer.data = rt;
+	ticket_timer_arm(rt, cfg->tls.session_cache_timeout);
 	rt->n_workers = worker_count(cfg);
 	rt->bound = calloc(3 * TF_MAX_LISTEN, sizeof(*rt->bound));
 	if (!rt->bound)
@@ -304,9 +366,7 @@ static int run(struct runtime *rt)
 		rt->stopping = true;
 		for (unsigned i = 0; i < started; i++)
 			worker_stop(&rt->workers[i]);
-		uv_close((uv_handle_t *)&rt->sig_term, NULL);
-		uv_close((uv_handle_t *)&rt->sig_int, NULL);
-		uv_close((uv_handle_t *)&rt->sig_hup, NULL);
+		close_main_handles(rt);
 	}
 	uv_run(loop, UV_RUN_DEFAULT);
 	for (unsigned i = 0; i < started; i++)
@@ -354,9 +414,15 @@ int main(int argc, char **argv)
 	char err[1024];
 	/* Configuration, certificates, keys and the backend address: all of
 	 * it is checked before anything is bound. */
-	rt.app = app_load(path, err, sizeof(err));
+	rt.tickets = creds_tickets_new(err, sizeof(err));
+	if (!rt.tickets) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	rt.app = app_load(path, rt.tickets, err, sizeof(err));
 	if (!rt.app) {
 		fprintf(stderr, "%s\n", err);
+		creds_tickets_unref(rt.tickets);
 		return 1;
 	}
 	rt.app->generation = 1;
@@ -372,5 +438,6 @@ int main(int argc, char **argv)
 	close_bound(&rt);
 	free(rt.workers);
 	app_unref(rt.app);
+	creds_tickets_unref(rt.tickets);
 	return rc;
 }

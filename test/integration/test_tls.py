@@ -1,13 +1,14 @@
-"""TLS details (SPEC §2 tls, §3.5 handshake failure, §5, §7.5): several
+"""TLS details (SPEC §2 tls, §3.5 handshake failure, §5, §6, §7.5): several
 certificates chosen by SNI, TLS 1.3 session tickets shared by the workers,
-handshake failure and timeout."""
+handshake failure and timeout, TLS 1.0 and 1.1 never negotiated."""
 import ssl
 import subprocess
 import time
 
 import pytest
 
-from tfhelpers import SmtpClient, insecure_context, run_tool
+from tfhelpers import HOST, SmtpClient, free_port, insecure_context, make_config, run_tool, \
+    tlsfront_bin, wait_until
 
 
 def make_cert(directory, name, key_type="ec"):
@@ -144,3 +145,64 @@ def test_s5_renegotiation_refused(tlsfront_factory, aiosmtpd_backend):
     # Refused: no second handshake ever completed.
     assert len(tf.events("tls")) == 1, tf.log_text()
     assert tf.wait_event("session")[0]["tls"] == "TLS1.2"
+
+
+# ---- §6 tls=TLS1.3|TLS1.2|none: TLS 1.0 and 1.1 are never negotiated ----------------------
+
+OLD_TLS = ["NORMAL:-VERS-ALL:+VERS-TLS1.1", "NORMAL:-VERS-ALL:+VERS-TLS1.0"]
+TLS12 = "NORMAL:-VERS-ALL:+VERS-TLS1.2"
+
+
+def both_ports_config(backend_port, tls_port, priority):
+    """The TCP port (port 0) and the TLS port, with tls.priority = priority."""
+    return make_config(backend_port, tls='tls = { priority = "%s"; handshake_timeout = 10; };'
+                       % priority).replace(
+        "inbound = { tcp = {",
+        'inbound = { tls = { enabled = true; listen = [ "127.0.0.1:%d" ]; }; tcp = {' % tls_port)
+
+
+def gnutls_cli(port, priority, starttls):
+    args = ["gnutls-cli", "--insecure", "--priority", priority, "-p", str(port), HOST]
+    if starttls:
+        args[1:1] = ["--starttls-proto=smtp"]
+    p = run_tool(args, input_bytes=b"QUIT\r\n", timeout=30)
+    return p.returncode, (p.stdout + p.stderr).decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("server_priority", ["NORMAL", "NORMAL:%COMPAT", "SECURE256",
+                                             "NORMAL:+VERS-TLS1.1:+VERS-TLS1.0"])
+def test_s6_tls10_and_tls11_refused(tlsfront_factory, aiosmtpd_backend, server_priority):
+    """Whatever tls.priority says, a client that offers only TLS 1.1 or 1.0
+    fails the handshake, after STARTTLS and on the TLS port; TLS 1.2 works
+    on both."""
+    tls_port = free_port()
+    tf = tlsfront_factory(config_text=both_ports_config(aiosmtpd_backend.port, tls_port,
+                                                        server_priority))
+    assert wait_until(lambda: [e for e in tf.events("listening")
+                               if e.get("address") == "127.0.0.1:%d" % tls_port], 5)
+    for port, starttls in ((tf.port, True), (tls_port, False)):
+        for prio in OLD_TLS:
+            rc, out = gnutls_cli(port, prio, starttls)
+            # tlsfront answers with a protocol_version alert.
+            assert rc != 0 and "Handshake was completed" not in out, (port, prio, out[-2000:])
+            assert "protocol version" in out or "Handshake failed" in out, out[-2000:]
+    assert tf.events("tls") == [], tf.log_text()[-4000:]
+    sessions = tf.wait_event("session", n=4)
+    assert [s["tls"] for s in sessions] == ["none"] * 4, sessions
+    assert [s["reason"] for s in sessions] == ["tls_error"] * 4, sessions
+    for port, starttls in ((tf.port, True), (tls_port, False)):
+        rc, out = gnutls_cli(port, TLS12, starttls)
+        assert rc == 0 and "Handshake was completed" in out, (port, out[-2000:])
+    assert [e["tls"] for e in tf.wait_event("tls", n=2)] == ["TLS1.2", "TLS1.2"]
+
+
+@pytest.mark.parametrize("priority", OLD_TLS + ["NORMAL:-VERS-TLS-ALL:+VERS-DTLS1.2"])
+def test_s2_priority_without_tls12_or_13_is_config_error(tmp_path, priority):
+    path = tmp_path / "old.conf"
+    path.write_text('backend = { address = "127.0.0.1:2525"; };\n'
+                    'tls = {\n  priority = "%s";\n};\n' % priority)
+    out = run_tool([tlsfront_bin(), "-t", "-c", str(path)])
+    err = out.stderr.decode()
+    assert out.returncode == 1, err
+    assert err.startswith("%s:3: tls.priority: " % path), err
+    assert "neither TLS 1.2 nor TLS 1.3" in err, err

@@ -144,6 +144,7 @@ static void assert_defaults(const struct tf_config *cfg)
 	assert_null(cfg->tls.certs[0].cert);
 	assert_string_equal(cfg->tls.priority, "NORMAL");
 	assert_int_equal(cfg->tls.handshake_timeout, 30);
+	assert_int_equal(cfg->tls.session_cache_timeout, 3600);
 
 	assert_true(cfg->inbound.tcp.enabled);
 	assert_int_equal(cfg->inbound.tcp.n_listen, 2);
@@ -189,6 +190,9 @@ static void test_s2_defaults_are_the_spec_defaults(void **state)
 	assert_int_equal(config_defaults(&cfg), 0);
 	assert_null(cfg.path);
 	assert_defaults(&cfg);
+	assert_int_equal(cfg.source.tls_priority.line, 0);
+	assert_null(cfg.source.tls_priority.file);
+	assert_int_equal(cfg.source.backend_address.line, 0);
 	config_free(&cfg);
 	assert_true(is_zeroed(&cfg));
 }
@@ -258,6 +262,7 @@ static void test_s2_every_key_is_read(void **state)
 		"  certificates = ( { key = \"/k\"; cert = \"/c\"; } );\n"
 		"  priority = \"SECURE256:-VERS-TLS1.0\";\n"
 		"  handshake_timeout = 7;\n"
+		"  session_cache_timeout = 600;\n"
 		"};\n"
 		"inbound = {\n"
 		"  tcp = { enabled = true; listen = ( \"192.0.2.1:587\" ); starttls = true; };\n"
@@ -285,6 +290,16 @@ static void test_s2_every_key_is_read(void **state)
 	assert_string_equal(cfg.tls.certs[0].key, "/k");
 	assert_string_equal(cfg.tls.priority, "SECURE256:-VERS-TLS1.0");
 	assert_int_equal(cfg.tls.handshake_timeout, 7);
+	assert_int_equal(cfg.tls.session_cache_timeout, 600);
+	/* Where the keys checked after loading were set (app.c's errors). */
+	assert_int_equal(cfg.source.backend_address.line, 3);
+	assert_string_equal(cfg.source.backend_address.file, cfg.path);
+	assert_int_equal(cfg.source.tls_priority.line, 6);
+	assert_string_equal(cfg.source.tls_priority.file, cfg.path);
+	char where[128], want[128];
+	config_where(&cfg, &cfg.source.tls_priority, where, sizeof(where));
+	snprintf(want, sizeof(want), "%s:6", cfg.path);
+	assert_string_equal(where, want);
 	assert_int_equal(cfg.inbound.tcp.n_listen, 1);
 	assert_string_equal(cfg.inbound.tcp.listen[0], "192.0.2.1:587");
 	assert_null(cfg.inbound.tcp.listen[1]);
@@ -349,6 +364,9 @@ static void test_s2_range_bounds_are_accepted(void **state)
 	    "limits = { line_length = 1048576; };",
 	    "limits = { idle_timeout = 1; shutdown_timeout = 86400; };",
 	    "limits = { max_errors = 1000; };",
+	    "tls = { session_cache_timeout = 0; };",
+	    "tls = { session_cache_timeout = 1; };",
+	    "tls = { session_cache_timeout = 604800; };",
 	    "backend = { address = \"h:1\"; connect_timeout = 86400; };",
 	    "backend = { address = \"[::1]:65535\"; };",
 	    "outbound = { next_hop = \"[2001:db8::25]:25\"; };",
@@ -434,6 +452,12 @@ static void test_s2_wrong_type_is_error(void **state)
 	    {"bare_newlines = 1; #<\n", "bare_newlines", "\"sanitize\", \"reject\""},
 	    {"user = false; #<\n", "user", "not a boolean"},
 	    {"outbound = { next_hop = 25; #<\n};\n", "outbound.next_hop", "not an integer"},
+	    {"tls = {\n session_cache_timeout = \"3600\"; #<\n};\n", "tls.session_cache_timeout",
+	     "expected a non-negative integer, not a string"},
+	    {"tls = { session_cache_timeout = 1.5; #<\n};\n", "tls.session_cache_timeout",
+	     "not a float"},
+	    {"tls = { session_cache_timeout = true; #<\n};\n", "tls.session_cache_timeout",
+	     "not a boolean"},
 	};
 	expect_errors(cases, COUNT(cases));
 }
@@ -450,6 +474,9 @@ static void test_s2_out_of_range_is_error(void **state)
 	    {"backend = { connect_timeout = 86401; #<\n};\n", "backend.connect_timeout",
 	     "at most 86400"},
 	    {"tls = { handshake_timeout = 0; #<\n};\n", "tls.handshake_timeout", "positive"},
+	    {"tls = {\n session_cache_timeout = 604801; #<\n};\n", "tls.session_cache_timeout",
+	     "at most 604800"},
+	    {"tls = { session_cache_timeout = -1; #<\n};\n", "tls.session_cache_timeout", "got -1"},
 	    {"outbound = { connect_timeout = -30; #<\n};\n", "outbound.connect_timeout", "got -30"},
 	    {"limits = { shutdown_timeout = 0; #<\n};\n", "limits.shutdown_timeout", "positive"},
 	    {"limits = { max_connections = 0; #<\n};\n", "limits.max_connections", "positive"},
@@ -889,6 +916,22 @@ static void test_s2_error_buffer_may_be_small_or_absent(void **state)
 	assert_true(is_zeroed(&cfg));
 }
 
+/* A key left at its default has no line: app.c's errors then name the
+ * file alone. */
+static void test_s2_key_source_absent_names_file(void **state)
+{
+	(void)state;
+	struct tf_config cfg;
+	char where[128];
+	load_ok("log = { level = \"info\"; };\n", &cfg);
+	assert_int_equal(cfg.source.tls_priority.line, 0);
+	assert_int_equal(cfg.source.backend_address.line, 0);
+	config_where(&cfg, &cfg.source.backend_address, where, sizeof(where));
+	assert_string_equal(where, cfg.path);
+	config_free(&cfg);
+	assert_true(is_zeroed(&cfg));
+}
+
 static void test_s2_log_level_names(void **state)
 {
 	(void)state;
@@ -933,6 +976,7 @@ int main(void)
 	    cmocka_unit_test(test_s2_load_twice_and_free_leaks_nothing),
 	    cmocka_unit_test(test_s2_free_is_safe_on_zeroed_struct),
 	    cmocka_unit_test(test_s2_error_buffer_may_be_small_or_absent),
+	    cmocka_unit_test(test_s2_key_source_absent_names_file),
 	    cmocka_unit_test(test_s2_log_level_names),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -27,15 +27,16 @@
 
 #include "certs/credentials.h"
 
-#define SERVER_NAME  "mx.example.org"
-#define RSA_NAME     "rsa.example.org"
-#define EC_NAME	     "ec.example.org"
-#define CA_NAME	     "ca.example.net"
-#define PRIO_TLS12   "NORMAL:-VERS-ALL:+VERS-TLS1.2"
-#define PRIO_TLS13   "NORMAL:-VERS-ALL:+VERS-TLS1.3"
-#define MAX_STEPS    20000 /* handshake loop bound */
-#define MAX_IO_STEPS 5000  /* record send/recv loop bound */
-#define FP_LEN	     (32 * 3 - 1)
+#define SERVER_NAME	"mx.example.org"
+#define RSA_NAME	"rsa.example.org"
+#define EC_NAME		"ec.example.org"
+#define CA_NAME		"ca.example.net"
+#define PRIO_TLS12	"NORMAL:-VERS-ALL:+VERS-TLS1.2"
+#define PRIO_TLS13	"NORMAL:-VERS-ALL:+VERS-TLS1.3"
+#define MAX_STEPS	20000 /* handshake loop bound */
+#define MAX_IO_STEPS	5000  /* record send/recv loop bound */
+#define FP_LEN		(32 * 3 - 1)
+#define TICKET_LIFETIME 3600 /* tls.session_cache_timeout's default */
 
 /* ---- in-memory transport with random EAGAIN ---- */
 
@@ -275,7 +276,11 @@ static struct creds *new_creds(const struct creds_pair *pairs, size_t n, const c
 			       bool *self_signed)
 {
 	char err[512] = "";
-	struct creds_params p = {pairs, n, SERVER_NAME, priority};
+	struct creds_params p = {.pairs = pairs,
+				 .n_pairs = n,
+				 .server_name = SERVER_NAME,
+				 .priority = priority,
+				 .ticket_lifetime = TICKET_LIFETIME};
 	bool ss = false;
 	struct creds *c = creds_new(&p, &ss, err, sizeof(err));
 
@@ -291,7 +296,8 @@ static struct creds *new_creds(const struct creds_pair *pairs, size_t n, const c
 static void expect_creds_error(const struct creds_pair *pairs, size_t n, const char *priority, ...)
 {
 	char err[512] = "";
-	struct creds_params p = {pairs, n, SERVER_NAME, priority};
+	struct creds_params p = {
+	    .pairs = pairs, .n_pairs = n, .server_name = SERVER_NAME, .priority = priority};
 	bool ss = true;
 	va_list ap;
 
@@ -583,7 +589,7 @@ static void test_s5_self_signed_fresh_each_time(void **state)
 static void test_s5_self_signed_needs_server_name(void **state)
 {
 	char err[256] = "";
-	struct creds_params p = {NULL, 0, "", "NORMAL"};
+	struct creds_params p = {.server_name = "", .priority = "NORMAL"};
 	bool ss = true;
 
 	(void)state;
@@ -726,6 +732,58 @@ static void test_s2_priority_is_applied(void **state)
 	creds_unref(c);
 }
 
+/* TLS 1.0 and 1.1 are never negotiated, whatever the priority string. */
+static void test_s2_old_tls_never_negotiated(void **state)
+{
+	const char *server_prios[] = {"NORMAL", "NORMAL:%COMPAT", "SECURE256", "PFS",
+				      "NORMAL:+VERS-TLS1.1:+VERS-TLS1.0"};
+	const char *old[] = {"NORMAL:-VERS-ALL:+VERS-TLS1.1", "NORMAL:-VERS-ALL:+VERS-TLS1.0"};
+	struct link l;
+	int crc, src;
+
+	(void)state;
+	for (unsigned i = 0; i < sizeof(server_prios) / sizeof(server_prios[0]); i++) {
+		struct creds *c = new_creds(NULL, 0, server_prios[i], NULL);
+		assert_int_equal(creds_check_priority(server_prios[i], NULL, 0), 0);
+		for (unsigned j = 0; j < 2; j++) {
+			seed(100 + 10 * i + j);
+			link_open(&l, c, old[j], NULL, NULL, 0);
+			handshake(&l, &crc, &src);
+			if (!gnutls_error_is_fatal(src))
+				fail_msg("server \"%s\" completed a handshake with \"%s\"",
+					 server_prios[i], old[j]);
+			link_close(&l);
+		}
+		seed(100 + 10 * i + 9);
+		link_open(&l, c, PRIO_TLS12, NULL, NULL, 0);
+		handshake_ok(&l);
+		assert_int_equal(gnutls_protocol_get_version(l.server.s), GNUTLS_TLS1_2);
+		link_close(&l);
+		creds_unref(c);
+	}
+}
+
+/* A priority string left without TLS 1.2 and 1.3 is refused, by name. */
+static void test_s2_priority_without_tls12_or_13_refused(void **state)
+{
+	const char *bad[] = {"NORMAL:-VERS-ALL:+VERS-TLS1.1", "NORMAL:-VERS-ALL:+VERS-TLS1.0",
+			     "NORMAL:-VERS-TLS-ALL:+VERS-DTLS1.2",
+			     "NORMAL:-VERS-TLS1.2:-VERS-TLS1.3"};
+	char err[512];
+
+	(void)state;
+	for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		expect_creds_error(NULL, 0, bad[i], bad[i], "neither TLS 1.2 nor TLS 1.3", NULL);
+		assert_int_equal(creds_check_priority(bad[i], err, sizeof(err)), -1);
+		assert_non_null(strstr(err, "neither TLS 1.2 nor TLS 1.3"));
+	}
+	/* A string GnuTLS refuses is reported at its own position, not at
+	 * the part tlsfront appends. */
+	assert_int_equal(creds_check_priority("NORMAL:+NO-SUCH-THING", err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "position 7"));
+	assert_int_equal(creds_check_priority(PRIO_TLS13, err, sizeof(err)), 0);
+}
+
 /* ---- §5 / §7.7 ALPN ---- */
 
 static const gnutls_datum_t alpn_h2 = {(unsigned char *)"h2", 2};
@@ -847,6 +905,64 @@ static void test_s5_ticket_resumption(void **state)
 		gnutls_free(data.data);
 	}
 	creds_unref(other);
+	creds_unref(c);
+}
+
+static struct creds *creds_with_tickets(struct creds_tickets *t, unsigned lifetime)
+{
+	char err[512] = "";
+	struct creds_params p = {.server_name = SERVER_NAME,
+				 .priority = "NORMAL",
+				 .tickets = t,
+				 .ticket_lifetime = lifetime};
+	struct creds *c = creds_new(&p, NULL, err, sizeof(err));
+
+	if (c == NULL)
+		fail_msg("creds_new: %s", err);
+	return c;
+}
+
+/* One ticket key shared by two generations (a reload keeps it); a
+ * rotation ends the old tickets and the new ones resume. */
+static void test_s5_shared_ticket_key_rotation(void **state)
+{
+	const char *prios[] = {"NORMAL", PRIO_TLS12};
+	struct creds_tickets *t = creds_tickets_new(NULL, 0);
+
+	(void)state;
+	assert_non_null(t);
+	struct creds *gen1 = creds_with_tickets(t, 60);
+	struct creds *gen2 = creds_with_tickets(t, 60);
+	creds_tickets_unref(t); /* the generations hold it now */
+	for (unsigned i = 0; i < 2; i++) {
+		seed(110 + i);
+		gnutls_datum_t old = first_session(gen1, prios[i]);
+		assert_true(second_session_resumed(gen2, prios[i], &old));
+		assert_int_equal(creds_tickets_rotate(t), 0);
+		assert_false(second_session_resumed(gen1, prios[i], &old));
+		assert_false(second_session_resumed(gen2, prios[i], &old));
+		gnutls_datum_t fresh = first_session(gen2, prios[i]);
+		assert_true(second_session_resumed(gen1, prios[i], &fresh));
+		gnutls_free(old.data);
+		gnutls_free(fresh.data);
+	}
+	creds_unref(gen1);
+	creds_unref(gen2); /* the last reference: the key is wiped and freed */
+}
+
+/* Lifetime 0 (tls.session_cache_timeout = 0): no tickets, no resumption. */
+static void test_s5_no_tickets_with_lifetime_zero(void **state)
+{
+	const char *prios[] = {"NORMAL", PRIO_TLS12};
+	struct creds *c = creds_with_tickets(NULL, 0);
+
+	(void)state;
+	for (unsigned i = 0; i < 2; i++) {
+		seed(120 + i);
+		gnutls_datum_t data = first_session(c, prios[i]);
+		assert_false(second_session_resumed(c, prios[i], &data));
+		gnutls_free(data.data);
+	}
 	creds_unref(c);
 }
 
@@ -1109,14 +1225,29 @@ static void *worker(void *arg)
 	return NULL;
 }
 
+static void *rotator(void *arg)
+{
+	for (int i = 0; i < N_ROUNDS; i++)
+		if (creds_tickets_rotate(arg) != 0)
+			return (void *)1;
+	return NULL;
+}
+
+/* Sessions set up on several threads while another rotates the key. */
 static void test_s6_shared_by_worker_threads(void **state)
 {
-	struct creds *c = new_creds(NULL, 0, NULL, NULL);
-	pthread_t t[N_THREADS];
+	struct creds_tickets *tickets = creds_tickets_new(NULL, 0);
+	struct creds *c = creds_with_tickets(tickets, TICKET_LIFETIME);
+	pthread_t t[N_THREADS], r;
 
 	(void)state;
+	assert_int_equal(pthread_create(&r, NULL, rotator, tickets), 0);
 	for (int i = 0; i < N_THREADS; i++)
 		assert_int_equal(pthread_create(&t[i], NULL, worker, c), 0);
+	void *rrv = (void *)1;
+	assert_int_equal(pthread_join(r, &rrv), 0);
+	assert_null(rrv);
+	creds_tickets_unref(tickets);
 	for (int i = 0; i < N_THREADS; i++) {
 		void *rv = (void *)1;
 		assert_int_equal(pthread_join(t[i], &rv), 0);
@@ -1140,10 +1271,14 @@ int main(void)
 	    cmocka_unit_test(test_s5_bad_files_named),
 	    cmocka_unit_test(test_s2_bad_priority_string),
 	    cmocka_unit_test(test_s2_priority_is_applied),
+	    cmocka_unit_test(test_s2_old_tls_never_negotiated),
+	    cmocka_unit_test(test_s2_priority_without_tls12_or_13_refused),
 	    cmocka_unit_test(test_s7_7_alpn_without_smtp_fails),
 	    cmocka_unit_test(test_s7_7_alpn_smtp_selected),
 	    cmocka_unit_test(test_s5_alpn_none_served),
 	    cmocka_unit_test(test_s5_ticket_resumption),
+	    cmocka_unit_test(test_s5_shared_ticket_key_rotation),
+	    cmocka_unit_test(test_s5_no_tickets_with_lifetime_zero),
 	    cmocka_unit_test(test_s4_2_6_self_signed_shown_whatever_ca_is_named),
 	    cmocka_unit_test(test_s7_9_first_listed_pair_the_peer_can_use),
 	    cmocka_unit_test(test_s4_2_6_no_usable_pair_sends_none),
