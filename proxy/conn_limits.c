@@ -65,6 +65,16 @@ int conn_limits_set(unsigned max_total, unsigned max_per_ip)
 	return rc;
 }
 
+size_t conn_limits_slots_in_use(void)
+{
+	size_t n = 0;
+	pthread_mutex_lock(&lock);
+	for (size_t i = 0; i < n_slots; i++)
+		n += slots[i].used;
+	pthread_mutex_unlock(&lock);
+	return n;
+}
+
 void conn_limits_free(void)
 {
 	free(slots);
@@ -108,6 +118,20 @@ static struct ip_slot *find(const unsigned char ip[16], bool create)
 			reuse = s;
 	}
 	return create ? reuse : NULL;
+}
+
+/* Slot i just became a tombstone. When the slot after it is free, no probe
+ * path runs through i, nor through the tombstones right before it: they all
+ * become free again, so lookups of new addresses stay short however many
+ * addresses have come and gone. The caller holds the lock. */
+static void clear_tombstones(size_t i)
+{
+	if (slots[(i + 1) % n_slots].used)
+		return;
+	for (size_t n = 0; n < n_slots && slots[i].used && !slots[i].count; n++) {
+		slots[i].used = false;
+		i = (i + n_slots - 1) % n_slots;
+	}
 }
 
 /* Admits ip when both limits allow it; the caller holds the lock. */
@@ -173,6 +197,8 @@ void conn_limits_release(const struct sockaddr *addr)
 	if (s && s->count) {
 		s->count--; /* count 0 with used set: a tombstone, reusable */
 		total--;
+		if (!s->count)
+			clear_tombstones((size_t)(s - slots));
 	}
 	pthread_mutex_unlock(&lock);
 }

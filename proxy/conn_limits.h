@@ -24,6 +24,10 @@ void conn_limits_free(void);
 bool conn_limits_admit(const struct sockaddr *addr);
 void conn_limits_release(const struct sockaddr *addr);
 
+/* How many slots of the per-IP table are in use (live or tombstone): the
+ * length of the probe paths, for tests and diagnostics. */
+size_t conn_limits_slots_in_use(void);
+
 /* A connection whose client address is not known yet (a balancer's PROXY
  * header is awaited) counts toward max_connections only: conn_limits_hold
  * returns true when there was room. The hold then ends exactly once, by

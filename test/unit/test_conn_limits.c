@@ -103,6 +103,34 @@ static void test_s3_1_churn_over_many_addresses(void **state)
 			struct sockaddr_in a = v4(round * 50 + i);
 			conn_limits_release((struct sockaddr *)&a);
 		}
+		/* Addresses gone leave no tombstones behind to lengthen the
+		 * probe paths of the next ones. */
+		assert_int_equal(conn_limits_slots_in_use(), 0);
+	}
+	conn_limits_free();
+}
+
+static void test_s3_1_released_slots_freed_in_any_order(void **state)
+{
+	(void)state;
+	assert_int_equal(conn_limits_init(64, 2), 0);
+	for (unsigned round = 0; round < 50; round++) {
+		/* Twice each, released in an order unlike the admission one. */
+		for (unsigned i = 0; i < 32; i++) {
+			struct sockaddr_in a = v4(round * 1000 + i);
+			assert_true(conn_limits_admit((struct sockaddr *)&a));
+			assert_true(conn_limits_admit((struct sockaddr *)&a));
+		}
+		assert_true(conn_limits_slots_in_use() >= 32);
+		for (unsigned k = 0; k < 64; k++) {
+			unsigned i = (k * 7 + round) % 32;
+			struct sockaddr_in a = v4(round * 1000 + i);
+			conn_limits_release((struct sockaddr *)&a);
+		}
+		assert_int_equal(conn_limits_slots_in_use(), 0);
+		struct sockaddr_in b = v4(round * 1000 + 1);
+		assert_true(conn_limits_admit((struct sockaddr *)&b)); /* counts are right */
+		conn_limits_release((struct sockaddr *)&b);
 	}
 	conn_limits_free();
 }
@@ -130,6 +158,7 @@ int main(void)
 	    cmocka_unit_test(test_s3_1_total_limit_and_v6),
 	    cmocka_unit_test(test_s3_1_hold_until_proxy_header),
 	    cmocka_unit_test(test_s3_1_churn_over_many_addresses),
+	    cmocka_unit_test(test_s3_1_released_slots_freed_in_any_order),
 	    cmocka_unit_test(test_s5_reload_changes_limits_keeping_counts),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

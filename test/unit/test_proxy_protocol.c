@@ -133,6 +133,48 @@ static void test_s3_3_v2_round_trip_tcp4_tcp6(void **state)
 	assert_int_equal(((struct sockaddr_in6 *)&h.dst)->sin6_port, d6.sin6_port);
 }
 
+/* The v2 headers byte for byte, written out from the HAProxy PROXY protocol
+ * specification (section 2.2), not from the builder: a wrong length or
+ * byte order would round-trip through our own parser unnoticed. */
+static void test_s3_3_v2_build_exact_bytes(void **state)
+{
+	(void)state;
+	static const unsigned char sig[12] = {0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d,
+					      0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a};
+	unsigned char buf[256];
+
+	struct sockaddr_in s4, d4;
+	addr4(&s4, "203.0.113.9", 40001); /* 40001 = 0x9c41 */
+	addr4(&d4, "192.0.2.1", 25);
+	static const unsigned char want4[16] = {
+	    0x21, 0x11, 0x00, 0x0c,		  /* v2 PROXY, TCP over IPv4, 12 bytes */
+	    203,  0,	113,  9,    192, 0, 2, 1, /* source, destination */
+	    0x9c, 0x41, 0x00, 0x19};		  /* ports */
+	assert_int_equal(
+	    pp_build_v2((struct sockaddr *)&s4, (struct sockaddr *)&d4, buf, sizeof(buf)), 28);
+	assert_memory_equal(buf, sig, 12);
+	assert_memory_equal(buf + 12, want4, 16);
+
+	struct sockaddr_in6 s6, d6;
+	addr6(&s6, "2001:db8::9", 40002);			 /* 0x9c42 */
+	addr6(&d6, "2001:db8::1", 465);				 /* 0x01d1 */
+	unsigned char want6[52 - 12] = {0x21, 0x21, 0x00, 0x24}; /* TCP over IPv6, 36 */
+	static const unsigned char a9[16] = {0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0,
+					     0,	   0,	 0,    0,    0, 0, 0, 9};
+	memcpy(want6 + 4, a9, 16);
+	memcpy(want6 + 20, a9, 16);
+	want6[35] = 1;
+	want6[36] = 0x9c;
+	want6[37] = 0x42;
+	want6[38] = 0x01;
+	want6[39] = 0xd1;
+	assert_int_equal(
+	    pp_build_v2((struct sockaddr *)&s6, (struct sockaddr *)&d6, buf, sizeof(buf)), 52);
+	assert_memory_equal(buf, sig, 12);
+	assert_memory_equal(buf + 12, want6, sizeof(want6));
+	assert_int_equal(pp_build_v2((struct sockaddr *)&s6, (struct sockaddr *)&d6, buf, 51), -1);
+}
+
 static void test_s3_3_v1_build(void **state)
 {
 	(void)state;
@@ -188,6 +230,7 @@ int main(void)
 	    cmocka_unit_test(test_s3_3_v1_tcp6_and_unknown),
 	    cmocka_unit_test(test_s7_10_v1_malformed_is_bad),
 	    cmocka_unit_test(test_s3_3_v2_round_trip_tcp4_tcp6),
+	    cmocka_unit_test(test_s3_3_v2_build_exact_bytes),
 	    cmocka_unit_test(test_s3_3_v1_build),
 	    cmocka_unit_test(test_s7_10_v2_local_unknown_and_bad),
 	};
