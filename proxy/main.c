@@ -162,6 +162,25 @@ static int add_listeners(struct runtime *rt, const struct tf_listener_config *lc
 	return 0;
 }
 
+/* -t: the RFC 3207 warning the running server logs when it binds, shown to
+ * whoever checks the file too (it does not make the file invalid). */
+static void warn_port_25(const struct tf_config *cfg, const char *path)
+{
+	const struct tf_listener_config *lc = &cfg->inbound.tcp;
+	if (!lc->enabled || !lc->require_tls)
+		return;
+	for (size_t i = 0; i < lc->n_listen; i++) {
+		struct tf_addr a;
+		char err[256];
+		if (address_resolve(lc->listen[i], true, &a, err, sizeof(err)) == 0 &&
+		    address_port((struct sockaddr *)&a.ss) == 25)
+			fprintf(stderr,
+				"%s: warning: inbound.tcp.require_tls on port 25 (%s): RFC 3207 "
+				"section 4 forbids a publicly referenced MX to require TLS\n",
+				path, lc->listen[i]);
+	}
+}
+
 /* SPEC §4: the outbound listener, bound like the inbound ones. */
 static int add_outbound_listeners(struct runtime *rt, const struct tf_config *cfg, char *err,
 				  size_t errlen)
@@ -430,6 +449,7 @@ int main(int argc, char **argv)
 
 	int rc;
 	if (check_only) {
+		warn_port_25(&rt.app->cfg, path);
 		printf("%s: configuration OK\n", path);
 		rc = 0;
 	} else {

@@ -75,6 +75,20 @@ def test_s2_check_minimal_config(tmp_path):
     assert rc == 0, err
 
 
+def test_s2_s3_5_check_warns_require_tls_on_port_25(tmp_path):
+    """-t shows the RFC 3207 §4 warning the server logs when it binds port 25
+    with require_tls: valid, exit 0, but said; not for other ports."""
+    text = ('backend = { address = "127.0.0.1:2525"; };\n'
+            'inbound = { tcp = { listen = [ "127.0.0.1:25", "127.0.0.1:587" ]; '
+            'require_tls = true; }; };\n')
+    path, rc, out, err = check_config(tmp_path, text)
+    assert rc == 0 and "configuration OK" in out, (out, err)
+    assert err.count("RFC 3207") == 1 and "127.0.0.1:25)" in err, err
+    path, rc, out, err = check_config(tmp_path, text.replace('"127.0.0.1:25", ', ""),
+                                      name="587.conf")
+    assert rc == 0 and err == "", err
+
+
 def test_s2_check_unknown_key(tmp_path):
     text = make_config(2525).replace(
         "limits = {", "limits = { idle_timout = 5;", 1)
