@@ -457,28 +457,68 @@ def test_s3_6_smtplib_wrong_password_is_backends_535(tlsfront_factory, auth_back
     assert_no_password(tf, "wrong-password")
 
 
+@pytest.mark.parametrize("mech", ["LOGIN", "PLAIN"])
 @pytest.mark.parametrize("mode", ["starttls", "tlsc"])
-def test_s3_6_swaks_auth_login(tlsfront_factory, auth_backend, mode):
-    """swaks --auth LOGIN over STARTTLS on the TCP port (--tls) and over
-    implicit TLS on the TLS port (--tlsc)."""
+def test_s3_6_swaks_auth(tlsfront_factory, auth_backend, mode, mech):
+    """swaks --auth LOGIN and --auth PLAIN over STARTTLS on the TCP port
+    (--tls) and over implicit TLS on the TLS port (--tlsc)."""
     tf = start_front(tlsfront_factory, auth_backend.port, tls_enabled=True)
     port = tf.port if mode == "starttls" else tf.tls_port
     args = ["swaks", "--server", HOST, "--port", str(port), "--helo", "client.test",
             "--from", "alice@example.org", "--to", "bob@example.net",
-            "--auth", "LOGIN", "--auth-user", USER, "--auth-password", PASSWORD,
+            "--auth", mech, "--auth-user", USER, "--auth-password", PASSWORD,
             "--timeout", "10", "--tls" if mode == "starttls" else "--tlsc"]
     p = run_tool(args, timeout=30)
     out = p.stdout.decode("utf-8", "replace")
     assert p.returncode == 0, out + p.stderr.decode("utf-8", "replace")
-    assert "235" in out
+    # swaks marks lines sent and received inside TLS with "~>" / "<~".
+    assert re.search(r"^ ~> AUTH %s\b" % mech, out, re.M), out
+    assert re.search(r"^<~  235 ", out, re.M), out
     assert auth_backend.wait_messages(1), out
-    assert auth_backend.attempt_list() == [("LOGIN", b"alice", b"s3cret")]
+    assert auth_backend.attempt_list() == [(mech, b"alice", b"s3cret")]
     [summary] = tf.wait_event("session")
     assert summary["auth"] == "yes", summary
-    assert summary["user"] == USER, summary  # AUTH LOGIN's first line
+    assert summary["user"] == USER, summary  # LOGIN's first line / PLAIN's authcid
     assert_no_password(tf)
     assert summary["listener"] == ("tcp" if mode == "starttls" else "tls"), summary
     assert summary["messages"] == "1" and summary["reason"] == "quit", summary
+
+
+@pytest.mark.parametrize("mech", ["LOGIN", "PLAIN"])
+def test_s3_6_swaks_plaintext_auth_refused_by_default(tlsfront_factory, auth_backend, mech):
+    """swaks --auth without --tls against the default configuration: §3.6
+    makes plaintext AUTH not permitted (inbound.tcp.name_and_password
+    defaults to false), so AUTH is not advertised and swaks fails; an AUTH
+    sent anyway gets 530 5.7.0 (STARTTLS is offered and AUTH would be
+    permitted after it). swaks itself never sends AUTH that the EHLO reply
+    does not advertise (it exits 28, "Host did not advertise
+    authentication"), so the 530 is checked with a raw AUTH on the same
+    instance. The backend is never asked to check anything."""
+    tf = start_front(tlsfront_factory, auth_backend.port)
+    args = ["swaks", "--server", HOST, "--port", str(tf.port), "--helo", "client.test",
+            "--from", "alice@example.org", "--to", "bob@example.net",
+            "--auth", mech, "--auth-user", USER, "--auth-password", PASSWORD,
+            "--timeout", "10"]
+    p = run_tool(args, timeout=30)
+    out = p.stdout.decode("utf-8", "replace") + p.stderr.decode("utf-8", "replace")
+    assert p.returncode != 0, out
+    assert p.returncode == 28, out  # swaks: authentication not advertised
+    assert "did not advertise authentication" in out, out
+    ehlo = re.findall(r"^<-  250[- ](.*)$", out, re.M)
+    assert "STARTTLS" in ehlo, out
+    # (the first line is the backend's name, "auth.backend": not a keyword)
+    assert not any(re.match(r"AUTH([ =]|$)", k, re.I) for k in ehlo[1:]), out
+    assert not re.search(r"^ [-~]> AUTH", out, re.M | re.I), out
+    assert not re.search(r"^ [-~]> MAIL", out, re.M), out
+    with tf.connect() as c:
+        c.greeting()
+        c.ehlo()
+        r = c.cmd("AUTH " + mech)
+        assert (r.code, r.enhanced) == (530, "5.7.0"), r
+        assert c.cmd("QUIT").code == 221
+    assert auth_backend.attempt_list() == []
+    assert auth_backend.messages == []
+    assert_no_password(tf)
 
 
 # ---- §3.6 SASL continuation lines ----------------------------------------------------

@@ -2055,6 +2055,13 @@ static void test_s3_6_user_cancel_forgotten(void **state)
 				 END};
 	struct run r;
 	play(&cfg, s, &r);
+	/* "*" reaches the backend as it is, in its own step, and the backend's
+	 * 501 is relayed to the client in the step it arrives. */
+	expect_backend_step(&r, 5, "*\r\n");
+	expect_client_step(&r, 6, "501 5.7.0 cancelled\r\n");
+	expect_backend(&r, "AUTH LOGIN\r\n" B64_ALICE "\r\n*\r\nAUTH EXTERNAL\r\n");
+	expect_client(&r, GREET "334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n"
+				"501 5.7.0 cancelled\r\n235 2.7.0 ok\r\n");
 	assert_true(r.authenticated);
 	expect_user(&r, NULL);
 	run_free(&r);

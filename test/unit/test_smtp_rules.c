@@ -307,6 +307,114 @@ static void test_s3_6_auth_table(void **state)
 	assert_true(permitted > 0);
 }
 
+/* The §3.6 table transcribed cell by cell, as literal expected values, with
+ * no rule computed here (the oracle above mirrors the code's rule, so a
+ * misreading of the SPEC would pass both). SPEC.md §3.6:
+ *
+ * | session | governed by | when not permitted |
+ * | TLS session (STARTTLS on the TCP port, or the TLS port) |
+ *   `inbound.tls.name_and_password` — even when the TLS port is disabled;
+ *   the TCP port's setting is ignored | AUTH not advertised; `AUTH` gets
+ *   `502 5.5.1` |
+ * | not a TLS session | `inbound.tcp.name_and_password` | AUTH not
+ *   advertised; `AUTH` gets `530 5.7.0` when STARTTLS is offered and AUTH
+ *   would be permitted after it, else `502 5.5.1` |
+ *
+ * "STARTTLS is offered" is §3.5's: the TCP port with starttls = true, outside
+ * a TLS session. */
+enum auth_session_kind {
+	PLAIN_STARTTLS_OFFERED, /* TCP port, starttls = true, before STARTTLS */
+	PLAIN_NO_STARTTLS,	/* TCP port, starttls = false */
+	AFTER_STARTTLS,		/* TCP port, after STARTTLS and the new EHLO */
+	TLS_PORT,		/* the TLS port (implicit TLS) */
+};
+
+static void test_s3_6_auth_table_literal(void **state)
+{
+	static const struct {
+		enum auth_session_kind kind;
+		bool tcp_name_and_password;
+		bool tls_name_and_password;
+		bool advertised;
+		const char *refusal; /* NULL: permitted, goes to the backend */
+	} cells[] = {
+	    /* not a TLS session, STARTTLS offered */
+	    {PLAIN_STARTTLS_OFFERED, false, false, false, "502 5.5.1"},
+	    {PLAIN_STARTTLS_OFFERED, false, true, false, "530 5.7.0"},
+	    {PLAIN_STARTTLS_OFFERED, true, false, true, NULL},
+	    {PLAIN_STARTTLS_OFFERED, true, true, true, NULL},
+	    /* not a TLS session, STARTTLS not offered */
+	    {PLAIN_NO_STARTTLS, false, false, false, "502 5.5.1"},
+	    {PLAIN_NO_STARTTLS, false, true, false, "502 5.5.1"},
+	    {PLAIN_NO_STARTTLS, true, false, true, NULL},
+	    {PLAIN_NO_STARTTLS, true, true, true, NULL},
+	    /* TLS session by STARTTLS: tcp's setting ignored */
+	    {AFTER_STARTTLS, false, false, false, "502 5.5.1"},
+	    {AFTER_STARTTLS, false, true, true, NULL},
+	    {AFTER_STARTTLS, true, false, false, "502 5.5.1"},
+	    {AFTER_STARTTLS, true, true, true, NULL},
+	    /* TLS session on the TLS port: tcp's setting ignored */
+	    {TLS_PORT, false, false, false, "502 5.5.1"},
+	    {TLS_PORT, false, true, true, NULL},
+	    {TLS_PORT, true, false, false, "502 5.5.1"},
+	    {TLS_PORT, true, true, true, NULL},
+	};
+	static const char *const kind_name[] = {
+	    "plaintext+STARTTLS offered", "plaintext, no STARTTLS", "after STARTTLS", "TLS port"};
+	static const char *const auth_lines[] = {"AUTH PLAIN dGVzdAB0ZXN0AHRlc3Q=", "auth login",
+						 "AUTH CRAM-MD5", "AUTH"};
+	static const char *const auth_keywords[] = {"AUTH PLAIN LOGIN", "AUTH=PLAIN LOGIN",
+						    "auth cram-md5", "AUTH"};
+	for (size_t i = 0; i < COUNT(cells); i++) {
+		struct smtp_rules_session s = {
+		    .tcp_auth = cells[i].tcp_name_and_password,
+		    .tls_auth = cells[i].tls_name_and_password,
+		};
+		switch (cells[i].kind) {
+		case PLAIN_STARTTLS_OFFERED:
+			s.starttls_offered = true;
+			break;
+		case PLAIN_NO_STARTTLS:
+			break;
+		case AFTER_STARTTLS:
+			s.starttls_offered = true;
+			s.tls_active = true;
+			break;
+		case TLS_PORT:
+			s.tls_port = true;
+			s.tls_active = true;
+			break;
+		}
+		char what[128];
+		snprintf(what, sizeof(what),
+			 "%s, tcp.name_and_password=%d tls.name_and_password=%d",
+			 kind_name[cells[i].kind], cells[i].tcp_name_and_password,
+			 cells[i].tls_name_and_password);
+
+		if (smtp_rules_auth_permitted(&s) != cells[i].advertised)
+			fail_msg("%s: auth_permitted=%d, SPEC says %d", what,
+				 smtp_rules_auth_permitted(&s), cells[i].advertised);
+		for (size_t k = 0; k < COUNT(auth_keywords); k++) {
+			enum ehlo_keyword_action a = kw(&s, auth_keywords[k]);
+			if (a != (cells[i].advertised ? EHLO_KEEP : EHLO_DROP))
+				fail_msg("%s: EHLO keyword \"%s\" %s, SPEC says %s", what,
+					 auth_keywords[k], a == EHLO_KEEP ? "kept" : "dropped",
+					 cells[i].advertised ? "advertised" : "not advertised");
+		}
+		for (size_t k = 0; k < COUNT(auth_lines); k++) {
+			const char *got = check(&s, auth_lines[k]);
+			if (cells[i].refusal == NULL) {
+				if (got)
+					fail_msg("%s: \"%s\" refused with %s, SPEC says permitted",
+						 what, auth_lines[k], got);
+			} else if (!reply_is(got, cells[i].refusal)) {
+				fail_msg("%s: \"%s\" got %s, SPEC says %s", what, auth_lines[k],
+					 got ? got : "(permitted)", cells[i].refusal);
+			}
+		}
+	}
+}
+
 static void test_s3_6_auth_refusals_are_counted_replies(void **state)
 {
 	/* require_tls comes before the AUTH table (§3.2 order). */
@@ -332,6 +440,7 @@ int main(void)
 	    cmocka_unit_test(test_s3_5_require_tls_table),
 	    cmocka_unit_test(test_s3_5_ehlo_required_after_starttls),
 	    cmocka_unit_test(test_s3_6_auth_table),
+	    cmocka_unit_test(test_s3_6_auth_table_literal),
 	    cmocka_unit_test(test_s3_6_auth_refusals_are_counted_replies),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
