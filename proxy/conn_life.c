@@ -6,6 +6,8 @@
  */
 #include "proxy/conn_life.h"
 
+#include "proxy/log.h"
+
 #define CONN_LIFE_LINGER_MS 10000 /* how long a closing peer may take to drain */
 
 void conn_life_init(struct conn_life *l, struct worker *w, uv_timer_cb timeout,
@@ -63,6 +65,20 @@ void conn_life_close_handle(uv_handle_t *h)
 {
 	if (!uv_is_closing(h))
 		uv_close(h, handle_closed_cb);
+}
+
+int conn_life_addresses(struct conn_life *l, const char *id, struct sockaddr_storage *peer,
+			struct sockaddr_storage *local)
+{
+	int len = sizeof(*peer);
+	int rc = uv_tcp_getpeername(&l->accepted, (struct sockaddr *)peer, &len);
+	if (rc == 0 && local) {
+		len = sizeof(*local);
+		rc = uv_tcp_getsockname(&l->accepted, (struct sockaddr *)local, &len);
+	}
+	if (rc != 0)
+		log_msg(TF_LOG_DEBUG, "event=connect_lost id=%s error=\"%s\"", id, uv_strerror(rc));
+	return rc;
 }
 
 void conn_life_close_now(struct conn_life *l)

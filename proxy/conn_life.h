@@ -83,6 +83,14 @@ void conn_life_unref(struct conn_life *l);
  * conn_life_ref) unless it is already closing; its close callback unrefs. */
 void conn_life_close_handle(uv_handle_t *h);
 
+/* Reads the addresses of accepted: the peer, and where it connected to
+ * (local may be NULL). Returns 0, or the libuv error when the connection was
+ * reset before they could be read (a balancer's health check does that); it
+ * is then nobody to greet, log or count against the limits, and the caller
+ * closes it at once. Logs the loss itself (debug, event=connect_lost). */
+int conn_life_addresses(struct conn_life *l, const char *id, struct sockaddr_storage *peer,
+			struct sockaddr_storage *local);
+
 /* Closes accepted and the timer now. */
 void conn_life_close_now(struct conn_life *l);
 

@@ -787,13 +787,7 @@ void outbound_accept(struct listener *l)
 		return;
 	}
 	uv_tcp_nodelay(&s->life.accepted, 1);
-	int len = sizeof(s->legacy_ss);
-	int rc = uv_tcp_getpeername(&s->life.accepted, (struct sockaddr *)&s->legacy_ss, &len);
-	if (rc != 0) {
-		/* Reset before we could ask who it was: nobody to answer, log
-		 * or count (a zeroed address would be one for all). */
-		log_msg(TF_LOG_DEBUG, "event=connect_lost id=%s listener=outbound error=\"%s\"",
-			s->id, uv_strerror(rc));
+	if (conn_life_addresses(&s->life, s->id, &s->legacy_ss, NULL) != 0) {
 		s->closing = true;
 		conn_life_close_now(&s->life);
 		return;

@@ -695,18 +695,7 @@ void session_accept(struct listener *l)
 		return;
 	}
 	uv_tcp_nodelay(&s->life.accepted, 1);
-	int len = sizeof(s->peer);
-	int rc = uv_tcp_getpeername(&s->life.accepted, (struct sockaddr *)&s->peer, &len);
-	if (rc == 0) {
-		len = sizeof(s->local);
-		rc = uv_tcp_getsockname(&s->life.accepted, (struct sockaddr *)&s->local, &len);
-	}
-	if (rc != 0) {
-		/* Reset before we could ask who it was (a balancer's health
-		 * check does that): no client to greet, log or count against
-		 * the limits (a zeroed address would be one for all). */
-		log_msg(TF_LOG_DEBUG, "event=connect_lost id=%s error=\"%s\"", s->id,
-			uv_strerror(rc));
+	if (conn_life_addresses(&s->life, s->id, &s->peer, &s->local) != 0) {
 		s->closing = true;
 		conn_life_close_now(&s->life);
 		return;

@@ -550,6 +550,9 @@ static void send_xclient(struct smtp_machine *m)
 /* §3.3: the backend's EHLO or XCLIENT reply was not the expected one. The
  * client gets 421 4.3.5 (never the backend's reply: it answered tlsfront,
  * not the client), the log the reason and the backend's first reply line. */
+/* The setting every XCLIENT failure note names. */
+#define XCLIENT_KEY " (backend.client_info = xclient)"
+
 static void xclient_failed(struct smtp_machine *m, const char *note, const char *text, size_t len)
 {
 	size_t n = 0;
@@ -598,30 +601,21 @@ static void handle_reply(struct smtp_machine *m, int code, const char *text, siz
 		break;
 	case PEND_XCLIENT_EHLO:
 		if (code == 421)
-			xclient_failed(m,
-				       "backend closed on EHLO before XCLIENT "
-				       "(backend.client_info = xclient)",
-				       text, len);
+			xclient_failed(m, "backend closed on EHLO before XCLIENT" XCLIENT_KEY, text,
+				       len);
 		else if (code != 250)
-			xclient_failed(m,
-				       "backend refused EHLO before XCLIENT "
-				       "(backend.client_info = xclient)",
-				       text, len);
+			xclient_failed(m, "backend refused EHLO before XCLIENT" XCLIENT_KEY, text,
+				       len);
 		else if (!ehlo_reply_has_keyword(text, len, "XCLIENT"))
-			xclient_failed(m,
-				       "backend does not offer XCLIENT "
-				       "(backend.client_info = xclient)",
-				       text, len);
+			xclient_failed(m, "backend does not offer XCLIENT" XCLIENT_KEY, text, len);
 		else
 			send_xclient(m);
 		break;
 	case PEND_XCLIENT:
 		if (code != 220) {
 			xclient_failed(m,
-				       code == 421 ? "backend closed on XCLIENT "
-						     "(backend.client_info = xclient)"
-						   : "backend refused XCLIENT "
-						     "(backend.client_info = xclient)",
+				       code == 421 ? "backend closed on XCLIENT" XCLIENT_KEY
+						   : "backend refused XCLIENT" XCLIENT_KEY,
 				       text, len);
 			break;
 		}
