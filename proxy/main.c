@@ -33,6 +33,7 @@
 #include "proxy/conn_limits.h"
 #include "proxy/listener.h"
 #include "proxy/log.h"
+#include "proxy/readiness.h"
 #include "proxy/worker.h"
 
 struct bound {
@@ -204,16 +205,30 @@ static void close_bound(struct runtime *rt)
 	rt->n_bound = 0;
 }
 
-/* SIGHUP (§5): a whole new generation, or nothing at all. */
+/* A failed reload: the running generation still serves, so the service
+ * manager hears READY=1 again at once. */
+static void reload_failed(const struct runtime *rt)
+{
+	char status[96];
+	snprintf(status, sizeof(status), "reload failed (see the log): generation %u still serving",
+		 rt->app->generation);
+	readiness_ready(status);
+}
+
+/* SIGHUP (§5): a whole new generation, or nothing at all. The service
+ * manager hears RELOADING=1 now and READY=1 when the reload has ended: from
+ * the last worker to take the generation (worker.c), or here on failure. */
 static void reload(struct runtime *rt)
 {
 	char err[1024];
+	readiness_reloading();
 	struct app *next = app_load(rt->path, rt->tickets, err, sizeof(err));
 	if (!next) {
 		log_msg(TF_LOG_ERROR,
 			"event=reload status=failed error=\"%s\" note=\"the running "
 			"configuration and certificates stay\"",
 			err);
+		reload_failed(rt);
 		return;
 	}
 	app_keep_restart_keys(next, rt->app);
@@ -222,6 +237,7 @@ static void reload(struct runtime *rt)
 			    next->cfg.limits.max_connections_per_ip) < 0) {
 		log_msg(TF_LOG_ERROR, "event=reload status=failed error=\"out of memory\"");
 		app_unref(next);
+		reload_failed(rt);
 		return;
 	}
 	log_set_level(next->cfg.log_level);
@@ -253,6 +269,7 @@ static void signal_cb(uv_signal_t *h, int signum)
 		return;
 	rt->stopping = true;
 	log_msg(TF_LOG_INFO, "event=stopping signal=%s", signum == SIGTERM ? "TERM" : "INT");
+	readiness_stopping();
 	for (unsigned i = 0; i < rt->n_workers; i++)
 		worker_stop(&rt->workers[i]);
 	close_main_handles(rt);
@@ -381,6 +398,14 @@ static int run(struct runtime *rt)
 			"certificate_sha256=%s",
 			TLSFRONT_VERSION, rt->n_workers, cfg->backend.address, cfg->server_name,
 			fp);
+		/* main bound and listen(2)ed every socket before any worker
+		 * started, and every worker's loop now holds its own: a
+		 * connection to any listener is accepted from here on. */
+		char status[128];
+		snprintf(status, sizeof(status),
+			 "serving: %zu listeners, %u workers, generation %u", rt->n_bound,
+			 rt->n_workers, rt->app->generation);
+		readiness_ready(status);
 	} else {
 		rt->stopping = true;
 		for (unsigned i = 0; i < started; i++)

@@ -8,6 +8,7 @@
 #include "proxy/worker.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -15,6 +16,7 @@
 
 #include "proxy/log.h"
 #include "proxy/outbound.h"
+#include "proxy/readiness.h"
 #include "proxy/session.h"
 
 static void connection_cb(uv_stream_t *server, int status)
@@ -113,6 +115,10 @@ static void reload_cb(uv_async_t *a)
 		creds_fingerprint(next->creds, fp, sizeof(fp));
 		log_msg(TF_LOG_INFO, "event=reload status=ok generation=%u certificate_sha256=%s",
 			next->generation, fp);
+		/* The reload has ended (main sent RELOADING=1). */
+		char status[64];
+		snprintf(status, sizeof(status), "serving: generation %u", next->generation);
+		readiness_ready(status);
 	}
 }
 
