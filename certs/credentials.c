@@ -7,8 +7,9 @@
  * §7.9.
  *
  * TLS 1.0 and 1.1 are never negotiated, whatever tls.priority says:
- * PRIORITY_NO_OLD_TLS is appended to every priority string, and one that is
- * then left without TLS 1.2 and 1.3 is refused.
+ * PRIORITY_APPENDED is appended to every priority string, and one that is
+ * then left without TLS 1.2 and 1.3 is refused. It also makes the server's
+ * cipher order win over the client's (%SERVER_PRECEDENCE).
  *
  * A generation is immutable once built and shared read-only by all worker
  * threads; only its reference count changes. The ticket key is the one
@@ -32,12 +33,23 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <gnutls/abstract.h>
+#include <gnutls/ocsp.h>
 #include <gnutls/x509.h>
 
-#define DEFAULT_PRIORITY "NORMAL"
+/* The default profile: GnuTLS's NORMAL with only AEAD ciphers (no CBC, so
+ * no Lucky13-style padding oracles) and only forward-secret key exchange
+ * (no static RSA), AES-GCM first, then ChaCha20 for CPUs without AES
+ * instructions. Every client of the last decade offers one of these; the
+ * README says how to add CBC back for older ones. */
+#define DEFAULT_PRIORITY                                                                           \
+	"NORMAL:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:+CHACHA20-POLY1305:+AES-256-CCM:"            \
+	"+AES-128-CCM:-MAC-ALL:+AEAD:-RSA"
+/* Without tls.priority, the outbound (client) side: see creds_new(). */
+#define CLIENT_DEFAULT_PRIORITY "NORMAL"
 /* SPEC §6 logs tls=TLS1.3|TLS1.2|none: nothing older is ever negotiated,
- * inbound or outbound. */
-#define PRIORITY_NO_OLD_TLS ":-VERS-TLS1.0:-VERS-TLS1.1:-VERS-SSL3.0"
+ * inbound or outbound. The server's order of ciphers, not the client's,
+ * decides (a client must not talk us down to its first choice). */
+#define PRIORITY_APPENDED ":-VERS-TLS1.0:-VERS-TLS1.1:-VERS-SSL3.0:%SERVER_PRECEDENCE"
 
 /* The shared session ticket key. */
 struct creds_tickets {
@@ -59,9 +71,10 @@ struct client_pair {
 struct creds {
 	atomic_uint refs;
 	gnutls_certificate_credentials_t cert; /* server sessions only */
-	gnutls_priority_t priority;
-	struct creds_tickets *tickets; /* one reference */
-	unsigned ticket_lifetime;      /* seconds; 0: no session tickets */
+	gnutls_priority_t priority;	       /* server sessions */
+	gnutls_priority_t client_priority;     /* client sessions */
+	struct creds_tickets *tickets;	       /* one reference */
+	unsigned ticket_lifetime;	       /* seconds; 0: no session tickets */
 	/* Client sessions (the outbound peer leg) use their own certificate
 	 * credentials: the trust anchors of "verify" and a retrieve function
 	 * that hands out the pairs below, so that GnuTLS's built-in client
@@ -156,6 +169,61 @@ static bool check_pair_files(const struct creds_pair *p, char *err, size_t errle
 	return true;
 }
 
+/* A response worth stapling says "successful" and "good"; GnuTLS itself
+ * checks, when it loads the file, that it answers for this chain and that
+ * its nextUpdate has not passed. */
+static bool check_ocsp_status(const char *file, char *err, size_t errlen)
+{
+	gnutls_datum_t data = {NULL, 0};
+	gnutls_ocsp_resp_t resp = NULL;
+	unsigned cert_status = 0;
+	int r;
+
+	if ((r = gnutls_load_file(file, &data)) < 0) {
+		set_err(err, errlen, "%s: cannot read: %s", file, gnutls_strerror(r));
+		return false;
+	}
+	if ((r = gnutls_ocsp_resp_init(&resp)) == 0)
+		r = gnutls_ocsp_resp_import2(resp, &data, GNUTLS_X509_FMT_DER);
+	gnutls_free(data.data);
+	if (r < 0) {
+		set_err(err, errlen, "%s: not a DER OCSP response: %s", file, gnutls_strerror(r));
+	} else if ((r = gnutls_ocsp_resp_get_status(resp)) != GNUTLS_OCSP_RESP_SUCCESSFUL) {
+		set_err(err, errlen, "%s: the responder answered with error status %d", file, r);
+		r = -1;
+	} else if ((r = gnutls_ocsp_resp_get_single(resp, 0, NULL, NULL, NULL, NULL, &cert_status,
+						    NULL, NULL, NULL, NULL)) < 0) {
+		set_err(err, errlen, "%s: holds no certificate status: %s", file,
+			gnutls_strerror(r));
+	} else if (cert_status != GNUTLS_OCSP_CERT_GOOD) {
+		set_err(err, errlen, "%s: the certificate's status is %s, not good", file,
+			cert_status == GNUTLS_OCSP_CERT_REVOKED ? "revoked" : "unknown");
+		r = -1;
+	}
+	gnutls_ocsp_resp_deinit(resp);
+	return r >= 0;
+}
+
+/* Staples p->ocsp_file to the chain at index idx. */
+static bool load_ocsp(gnutls_certificate_credentials_t cert, const struct creds_pair *p,
+		      unsigned idx, char *err, size_t errlen)
+{
+	if (!check_readable(p->ocsp_file, err, errlen) ||
+	    !check_ocsp_status(p->ocsp_file, err, errlen))
+		return false;
+	int rc = gnutls_certificate_set_ocsp_status_request_file2(cert, p->ocsp_file, idx,
+								  GNUTLS_X509_FMT_DER);
+	if (rc >= 0)
+		return true;
+	if (rc == GNUTLS_E_OCSP_MISMATCH_WITH_CERTS)
+		set_err(err, errlen, "%s: does not answer for %s", p->ocsp_file, p->cert_file);
+	else if (rc == GNUTLS_E_EXPIRED)
+		set_err(err, errlen, "%s: stale: its nextUpdate has passed", p->ocsp_file);
+	else
+		set_err(err, errlen, "%s: %s", p->ocsp_file, gnutls_strerror(rc));
+	return false;
+}
+
 static bool load_pair(gnutls_certificate_credentials_t cert, const struct creds_pair *p, char *err,
 		      size_t errlen)
 {
@@ -166,6 +234,7 @@ static bool load_pair(gnutls_certificate_credentials_t cert, const struct creds_
 	if (!check_readable(p->cert_file, err, errlen) ||
 	    !check_readable(p->key_file, err, errlen) || !check_pair_files(p, err, errlen))
 		return false;
+	/* With GNUTLS_CERTIFICATE_API_V2, rc is the new chain's index. */
 	int rc = gnutls_certificate_set_x509_key_file2(cert, p->cert_file, p->key_file,
 						       GNUTLS_X509_FMT_PEM, NULL, 0);
 	if (rc >= 0)
@@ -225,7 +294,7 @@ static bool has_tls12_or_13(gnutls_priority_t p)
 }
 
 /* The operator's string as GnuTLS reads it (so that an error points into
- * that string), then with PRIORITY_NO_OLD_TLS appended: *out is the latter.
+ * that string), then with PRIORITY_APPENDED appended: *out is the latter.
  * Returns 0 or -1 with a message in err. */
 static int make_priority(const char *priority, gnutls_priority_t *out, char *err, size_t errlen)
 {
@@ -242,13 +311,13 @@ static int make_priority(const char *priority, gnutls_priority_t *out, char *err
 	gnutls_priority_deinit(p);
 	p = NULL;
 
-	size_t len = strlen(prio) + sizeof(PRIORITY_NO_OLD_TLS);
+	size_t len = strlen(prio) + sizeof(PRIORITY_APPENDED);
 	char *full = malloc(len);
 	if (full == NULL) {
 		set_err(err, errlen, "out of memory");
 		return -1;
 	}
-	snprintf(full, len, "%s%s", prio, PRIORITY_NO_OLD_TLS);
+	snprintf(full, len, "%s%s", prio, PRIORITY_APPENDED);
 	rc = gnutls_priority_init2(&p, full, &pos, 0);
 	free(full);
 	if (rc == 0 && has_tls12_or_13(p)) {
@@ -264,7 +333,7 @@ static int make_priority(const char *priority, gnutls_priority_t *out, char *err
 			prio);
 	else
 		set_err(err, errlen, "priority string \"%s\" with \"%s\" appended: %s", prio,
-			PRIORITY_NO_OLD_TLS, gnutls_strerror(rc));
+			PRIORITY_APPENDED, gnutls_strerror(rc));
 	return -1;
 }
 
@@ -380,6 +449,8 @@ static void creds_free(struct creds *c)
 {
 	if (c->priority)
 		gnutls_priority_deinit(c->priority);
+	if (c->client_priority)
+		gnutls_priority_deinit(c->client_priority);
 	if (c->cert)
 		gnutls_certificate_free_credentials(c->cert);
 	if (c->client)
@@ -468,7 +539,7 @@ static bool peer_can_use(const struct creds *c, gnutls_session_t s,
 			 const struct gnutls_cert_retr_st *info, const struct client_pair *p)
 {
 	const unsigned *ours = NULL;
-	int n_ours = gnutls_priority_sign_list(c->priority, &ours);
+	int n_ours = gnutls_priority_sign_list(c->client_priority, &ours);
 	gnutls_sign_algorithm_t sign;
 	bool listed = false;
 
@@ -562,6 +633,8 @@ struct creds *creds_new(const struct creds_params *params, bool *self_signed, ch
 	set_err(err, errlen, "%s", "");
 	if (self_signed)
 		*self_signed = false;
+	if (params != NULL && params->ocsp_failed)
+		*params->ocsp_failed = 0;
 	if (params == NULL || (params->n_pairs > 0 && params->pairs == NULL)) {
 		set_err(err, errlen, "no credentials parameters");
 		return NULL;
@@ -583,9 +656,17 @@ struct creds *creds_new(const struct creds_params *params, bool *self_signed, ch
 			goto fail;
 		made_self_signed = true;
 	}
-	for (size_t i = 0; i < params->n_pairs; i++)
-		if (!load_pair(c->cert, &params->pairs[i], err, errlen))
+	gnutls_certificate_set_flags(c->cert, GNUTLS_CERTIFICATE_API_V2);
+	for (size_t i = 0; i < params->n_pairs; i++) {
+		const struct creds_pair *p = &params->pairs[i];
+		if (!load_pair(c->cert, p, err, errlen))
 			goto fail;
+		if (p->ocsp_file != NULL && !load_ocsp(c->cert, p, (unsigned)i, err, errlen)) {
+			if (params->ocsp_failed)
+				*params->ocsp_failed = i + 1;
+			goto fail;
+		}
+	}
 	if (!load_client(c, made_self_signed ? 1 : params->n_pairs, err, errlen))
 		goto fail;
 	/* RFC 7919 groups for DHE-RSA with TLS 1.2 clients that want it; the
@@ -595,6 +676,12 @@ struct creds *creds_new(const struct creds_params *params, bool *self_signed, ch
 		goto fail;
 	}
 	if (make_priority(params->priority, &c->priority, err, errlen) < 0)
+		goto fail;
+	/* Outbound TLS is opportunistic by default: a CBC suite beats the
+	 * plaintext a failed handshake falls back to, so without tls.priority
+	 * the client side offers GnuTLS's NORMAL (old TLS still removed). */
+	if (make_priority(params->priority ? params->priority : CLIENT_DEFAULT_PRIORITY,
+			  &c->client_priority, err, errlen) < 0)
 		goto fail;
 	if (params->ticket_lifetime > CREDS_TICKET_LIFETIME_MAX) {
 		set_err(err, errlen, "session ticket lifetime %u is above %u seconds",
@@ -698,7 +785,7 @@ int creds_client_session(struct creds *c, const char *server_name, bool verify,
 		return GNUTLS_E_NO_CERTIFICATE_FOUND;
 	if ((rc = gnutls_init(&s, GNUTLS_CLIENT | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL)) < 0)
 		return rc;
-	if ((rc = gnutls_priority_set(s, c->priority)) < 0)
+	if ((rc = gnutls_priority_set(s, c->client_priority)) < 0)
 		goto fail;
 	if ((rc = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, c->client)) < 0)
 		goto fail;

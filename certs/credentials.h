@@ -28,6 +28,10 @@
 struct creds_pair {
 	const char *cert_file; /* PEM */
 	const char *key_file;  /* PEM */
+	const char *ocsp_file; /* DER OCSP response stapled for this chain; NULL:
+				* none. Refused when it is not a successful
+				* "good" answer for this certificate, or when its
+				* nextUpdate has passed. */
 };
 
 struct creds_tickets; /* opaque */
@@ -36,13 +40,17 @@ struct creds_params {
 	const struct creds_pair *pairs; /* may be NULL when n_pairs == 0 */
 	size_t n_pairs;			/* 0: make a self-signed certificate */
 	const char *server_name;	/* CN and DNS SAN of the self-signed one */
-	const char *priority;		/* GnuTLS priority string; NULL: "NORMAL" */
+	const char *priority;		/* GnuTLS priority string; NULL: the
+					 * built-in AEAD-only profile */
 	struct creds_tickets *tickets;	/* the shared ticket key (the generation
 					 * takes a reference); NULL: a key of
 					 * the generation's own */
 	unsigned ticket_lifetime;	/* seconds, at most CREDS_TICKET_LIFETIME_MAX:
 					 * the lifetime hint sent with each
 					 * ticket; 0: no session tickets */
+	size_t *ocsp_failed;		/* out, may be NULL: when creds_new fails
+					 * on an OCSP response, 1 + the index of
+					 * its pair; otherwise 0 */
 };
 
 #define CREDS_TICKET_LIFETIME_MAX 604800u /* 7 days: GnuTLS's and RFC 8446's limit */

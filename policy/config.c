@@ -382,6 +382,44 @@ static bool is_hostport(const char *text, bool port_zero_ok)
 	       (port != 0 || port_zero_ok);
 }
 
+/* An IPv4 literal: four numbers 0 to 255 with dots between. */
+static bool is_ipv4_literal(const char *h)
+{
+	for (int part = 0; part < 4; part++) {
+		unsigned v = 0, digits = 0;
+		for (; *h >= '0' && *h <= '9'; h++, digits++)
+			if (digits >= 3 || (v = v * 10 + (unsigned)(*h - '0')) > 255)
+				return false;
+		if (digits == 0 || *h != (part < 3 ? '.' : '\0'))
+			return false;
+		if (part < 3)
+			h++;
+	}
+	return true;
+}
+
+/* A listen address binds a socket: its host must be an address, never a
+ * name (bound numerically, so a name would fail only at start). "[v6]"
+ * holds hex digits and colons (an embedded IPv4 tail too); bind(2) has the
+ * last word on the details. */
+static bool is_listen_address(const char *text)
+{
+	char host[HOST_MAX];
+	unsigned port;
+	if (config_split_hostport(text, host, sizeof(host), &port) != 0)
+		return false;
+	if (text[0] != '[')
+		return is_ipv4_literal(host);
+	unsigned colons = 0;
+	for (const char *p = host; *p; p++) {
+		if (*p == ':')
+			colons++;
+		else if (!strchr("0123456789abcdefABCDEF.", *p))
+			return false;
+	}
+	return colons >= 2;
+}
+
 /* ---- string checks ----------------------------------------------------- */
 
 /* "" (no drop) or a user that exists (§6: an unknown user is an error). */
@@ -503,6 +541,22 @@ static int store_string(struct loader *ld, const config_setting_t *s, char **slo
 	return 0;
 }
 
+/* Remembers where setting s stands in the file(s), for errors found when
+ * the value is used (the line of a default is 0: nothing noted). */
+static int note_setting(struct loader *ld, const config_setting_t *s, struct tf_key_source *src)
+{
+	if (config_setting_source_line(s) == 0)
+		return 0;
+	const char *file = config_setting_source_file(s);
+	char *copy = strdup(file != NULL ? file : ld->path);
+	if (copy == NULL)
+		return fail_at(ld, NULL, "out of memory");
+	free(src->file);
+	src->file = copy;
+	src->line = config_setting_source_line(s);
+	return 0;
+}
+
 static int read_string(struct loader *ld, const struct leaf *lf, const config_setting_t *s)
 {
 	/* Every check refuses "" except check_user, so check("") is what the key
@@ -525,7 +579,8 @@ static int read_string(struct loader *ld, const struct leaf *lf, const config_se
 static int read_listen(struct loader *ld, const struct leaf *lf, const config_setting_t *s)
 {
 	static const char want[] =
-	    "\"host:port\" or \"[v6]:port\" (port 0 to 65535, 0 = any free port)";
+	    "\"IPv4:port\" or \"[IPv6]:port\", an address, not a name (port 0 to 65535, 0 "
+	    "= any free port)";
 	int type = config_setting_type(s);
 	if (type != CONFIG_TYPE_ARRAY && type != CONFIG_TYPE_LIST)
 		return fail_at(ld, s, "%s: expected an array of %s, not %s", lf->path, want,
@@ -548,7 +603,7 @@ static int read_listen(struct loader *ld, const struct leaf *lf, const config_se
 			return fail_at(ld, e, "%s[%d]: expected %s, not %s", lf->path, i, want,
 				       type_name(e));
 		const char *text = config_setting_get_string(e);
-		if (!is_hostport(text, true)) {
+		if (!is_listen_address(text)) {
 			char buf[64];
 			return fail_at(ld, e, "%s[%d]: expected %s, got \"%s\"", lf->path, i, want,
 				       shown(text, buf, sizeof(buf)));
@@ -560,7 +615,8 @@ static int read_listen(struct loader *ld, const struct leaf *lf, const config_se
 	return 0;
 }
 
-/* One tls.certificates entry: a group holding exactly cert and key. */
+/* One tls.certificates entry: a group holding cert and key, and optionally
+ * the OCSP response to staple. */
 static int read_cert_pair(struct loader *ld, const struct leaf *lf, int index,
 			  const config_setting_t *g, struct tf_cert_pair *pair)
 {
@@ -576,8 +632,10 @@ static int read_cert_pair(struct loader *ld, const struct leaf *lf, int index,
 			slot = &pair->cert;
 		else if (strcmp(name, "key") == 0)
 			slot = &pair->key;
+		else if (strcmp(name, "ocsp") == 0)
+			slot = &pair->ocsp;
 		else
-			return fail_at(ld, m, "%s[%d].%s: unknown key (expected cert or key)",
+			return fail_at(ld, m, "%s[%d].%s: unknown key (expected cert, key or ocsp)",
 				       lf->path, index, name);
 		if (config_setting_type(m) != CONFIG_TYPE_STRING)
 			return fail_at(ld, m, "%s[%d].%s: expected a file name, not %s", lf->path,
@@ -587,6 +645,8 @@ static int read_cert_pair(struct loader *ld, const struct leaf *lf, int index,
 			return fail_at(ld, m, "%s[%d].%s: expected a file name, got \"\"", lf->path,
 				       index, name);
 		if (store_string(ld, m, slot, text) < 0)
+			return -1;
+		if (slot == &pair->ocsp && note_setting(ld, m, &pair->ocsp_source) < 0)
 			return -1;
 	}
 	if (pair->cert == NULL)
@@ -813,7 +873,7 @@ int config_defaults(struct tf_config *cfg)
 	cfg->backend.connect_timeout = 10;
 	cfg->backend.client_info = TF_CLIENT_INFO_NONE;
 	cfg->tls.n_certs = 0;
-	cfg->tls.priority = strdup("NORMAL");
+	cfg->tls.priority = NULL; /* not set: the built-in profile of certs/ */
 	cfg->tls.handshake_timeout = 30;
 	cfg->tls.session_cache_timeout = 3600; /* Postfix's smtpd_tls_session_cache_timeout */
 
@@ -853,10 +913,9 @@ int config_defaults(struct tf_config *cfg)
 	cfg->log_level = TF_LOG_INFO;
 	cfg->user = strdup("");
 
-	if (cfg->server_name == NULL || cfg->backend.address == NULL || cfg->tls.priority == NULL ||
-	    tcp->listen[0] == NULL || tcp->listen[1] == NULL || tls->listen[0] == NULL ||
-	    cfg->outbound.listen[0] == NULL || cfg->outbound.next_hop == NULL ||
-	    cfg->outbound.ca_file == NULL || cfg->user == NULL) {
+	if (cfg->server_name == NULL || cfg->backend.address == NULL || tcp->listen[0] == NULL ||
+	    tcp->listen[1] == NULL || tls->listen[0] == NULL || cfg->outbound.listen[0] == NULL ||
+	    cfg->outbound.next_hop == NULL || cfg->outbound.ca_file == NULL || cfg->user == NULL) {
 		config_free(cfg);
 		return -1;
 	}
@@ -880,6 +939,8 @@ void config_free(struct tf_config *cfg)
 	for (size_t i = 0; i < TF_MAX_CERTS; i++) {
 		free(cfg->tls.certs[i].cert);
 		free(cfg->tls.certs[i].key);
+		free(cfg->tls.certs[i].ocsp);
+		free(cfg->tls.certs[i].ocsp_source.file);
 	}
 	free(cfg->tls.priority);
 	free_listen(cfg->inbound.tcp.listen);
@@ -915,13 +976,9 @@ static int note_source(struct loader *ld, const config_t *lc, const char *key,
 		       struct tf_key_source *src)
 {
 	const config_setting_t *s = config_lookup(lc, key);
-	if (s == NULL || config_setting_source_line(s) == 0)
+	if (s == NULL)
 		return 0;
-	const char *file = config_setting_source_file(s);
-	if ((src->file = strdup(file != NULL ? file : ld->path)) == NULL)
-		return fail_at(ld, NULL, "out of memory");
-	src->line = config_setting_source_line(s);
-	return 0;
+	return note_setting(ld, s, src);
 }
 
 void config_where(const struct tf_config *cfg, const struct tf_key_source *src, char *out,

@@ -36,17 +36,19 @@ enum tf_outbound_tls {
 	TF_OUT_TLS_VERIFY
 };
 
-struct tf_cert_pair {
-	char *cert; /* PEM file path, owned */
-	char *key;  /* PEM file path, owned */
-};
-
 /* Where a key was set, for errors found only after loading (a priority
  * string GnuTLS refuses, a backend host that does not resolve). */
 struct tf_key_source {
 	char *file;    /* owned; the file holding the key (an @include'd one
 			* names itself); NULL when line is 0 */
 	unsigned line; /* 0: the key is not in the file (its default) */
+};
+
+struct tf_cert_pair {
+	char *cert;			  /* PEM file path, owned */
+	char *key;			  /* PEM file path, owned */
+	char *ocsp;			  /* DER OCSP response to staple, owned; NULL: none */
+	struct tf_key_source ocsp_source; /* where ocsp was set */
 };
 
 struct tf_listener_config {
@@ -73,7 +75,8 @@ struct tf_config {
 	struct {
 		struct tf_cert_pair certs[TF_MAX_CERTS];
 		size_t n_certs; /* 0: self-signed default (SPEC §5) */
-		char *priority; /* GnuTLS priority string, owned */
+		char *priority; /* GnuTLS priority string, owned; NULL (the default):
+				 * the built-in AEAD-only profile of certs/ */
 		unsigned handshake_timeout;
 		/* Seconds: the TLS session ticket key is replaced this often
 		 * and tickets live this long; 0 = no session tickets. */

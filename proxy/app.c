@@ -35,7 +35,9 @@ struct app *app_load(const char *path, struct creds_tickets *tickets, char *err,
 	for (size_t i = 0; i < a->cfg.tls.n_certs; i++) {
 		pairs[i].cert_file = a->cfg.tls.certs[i].cert;
 		pairs[i].key_file = a->cfg.tls.certs[i].key;
+		pairs[i].ocsp_file = a->cfg.tls.certs[i].ocsp;
 	}
+	size_t ocsp_failed = 0;
 	struct creds_params p = {
 	    .pairs = pairs,
 	    .n_pairs = a->cfg.tls.n_certs,
@@ -43,12 +45,21 @@ struct app *app_load(const char *path, struct creds_tickets *tickets, char *err,
 	    .priority = a->cfg.tls.priority,
 	    .tickets = tickets,
 	    .ticket_lifetime = a->cfg.tls.session_cache_timeout,
+	    .ocsp_failed = &ocsp_failed,
 	};
 	a->creds = creds_new(&p, &a->self_signed, cerr, sizeof(cerr));
 	if (a->creds && a->cfg.outbound.enabled && a->cfg.outbound.tls == TF_OUT_TLS_VERIFY &&
 	    creds_load_trust(a->creds, a->cfg.outbound.ca_file, cerr, sizeof(cerr)) < 0) {
 		creds_unref(a->creds);
 		a->creds = NULL;
+	}
+	if (!a->creds && ocsp_failed > 0) {
+		config_where(&a->cfg, &a->cfg.tls.certs[ocsp_failed - 1].ocsp_source, where,
+			     sizeof(where));
+		snprintf(err, errlen, "%s: tls.certificates[%zu].ocsp: %s", where, ocsp_failed - 1,
+			 cerr);
+		app_unref(a);
+		return NULL;
 	}
 	if (!a->creds) {
 		snprintf(err, errlen, "%s: %s", path, cerr);

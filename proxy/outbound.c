@@ -212,7 +212,7 @@ static void send_peer(struct outbound *s, char *data, size_t len)
 
 /* ---- timer ------------------------------------------------------------- */
 
-static void tls_failed(struct outbound *s);
+static void tls_failed(struct outbound *s, bool timed_out);
 static void peer_connect_failed(struct outbound *s, const char *error);
 
 static void timer_cb(uv_timer_t *t)
@@ -225,7 +225,7 @@ static void timer_cb(uv_timer_t *t)
 		return;
 	} else if (s->handshaking) {
 		log_msg(TF_LOG_INFO, "event=tls_timeout id=%s peer=%s", s->id, s->peer_addr);
-		tls_failed(s);
+		tls_failed(s, true);
 		return;
 	} else if (s->spliced) {
 		smtp_machine_timeout(&s->machine);
@@ -237,14 +237,15 @@ static void timer_cb(uv_timer_t *t)
 
 /* ---- TLS on the peer leg ----------------------------------------------- */
 
-static void tls_failed(struct outbound *s)
+static void tls_failed(struct outbound *s, bool timed_out)
 {
 	s->handshaking = false;
-	if (s->spliced) {
+	if (s->spliced)
 		peer_lost(s);
-	} else {
+	else if (timed_out)
+		outbound_nego_tls_timeout(&s->nego);
+	else
 		outbound_nego_tls_failed(&s->nego);
-	}
 	outbound_step(s);
 }
 
@@ -257,7 +258,7 @@ static void do_handshake(struct outbound *s)
 	if (rc == TLSIO_ERROR) {
 		log_msg(TF_LOG_INFO, "event=tls_error id=%s peer=%s error=\"%s\"", s->id,
 			s->peer_addr, s->peer_ep.tls->error);
-		tls_failed(s);
+		tls_failed(s, false);
 		return;
 	}
 	s->handshaking = false;
@@ -283,7 +284,7 @@ static void begin_tls(struct outbound *s)
 			s->peer_ep.tls ? s->peer_ep.tls->error : "out of memory");
 		endpoint_free_tls(&s->peer_ep);
 		s->handshaking = true;
-		tls_failed(s);
+		tls_failed(s, false);
 		return;
 	}
 	unsigned char ip[sizeof(struct in6_addr)];
@@ -397,7 +398,7 @@ static void peer_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 		if (s->handshaking) {
 			log_msg(TF_LOG_INFO, "event=tls_error id=%s peer=%s error=\"%s\"", s->id,
 				s->peer_addr, "connection closed during the handshake");
-			tls_failed(s);
+			tls_failed(s, false);
 			return;
 		}
 		peer_lost(s);

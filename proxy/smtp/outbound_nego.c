@@ -417,12 +417,14 @@ void outbound_nego_tls_established(struct outbound_nego *n)
 	n->state = NEGO_TLS_EHLO;
 }
 
-void outbound_nego_tls_failed(struct outbound_nego *n)
+/* §4.3's "handshake fails" column; reason is what the summary line says
+ * when policy refuses (§7.5: a handshake timeout is "timeout"). */
+static void tls_failed(struct outbound_nego *n, const char *why, int reason)
 {
 	if (n->state != NEGO_HANDSHAKE && n->state != NEGO_TLS_EHLO)
 		return;
 	if (outbound_policy_handshake_failed(n->cfg.policy) != OUT_RETRY_PLAINTEXT) {
-		refuse(n, "TLS handshake with peer failed", CLOSE_TLS_ERROR);
+		refuse(n, why, reason);
 		return;
 	}
 	/* §4.3 negotiated: reconnect once in plaintext, logged. */
@@ -432,6 +434,16 @@ void outbound_nego_tls_failed(struct outbound_nego *n)
 	n->fallback = true;
 	buf_free(&n->plain_reply);
 	n->state = NEGO_RECONNECT;
+}
+
+void outbound_nego_tls_failed(struct outbound_nego *n)
+{
+	tls_failed(n, "TLS handshake with peer failed", CLOSE_TLS_ERROR);
+}
+
+void outbound_nego_tls_timeout(struct outbound_nego *n)
+{
+	tls_failed(n, "TLS handshake with peer timed out", CLOSE_TIMEOUT);
 }
 
 void outbound_nego_reconnected(struct outbound_nego *n)

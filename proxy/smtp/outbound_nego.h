@@ -92,6 +92,9 @@ size_t outbound_nego_feed_peer(struct outbound_nego *n, const char *p, size_t n_
  * as a failure). */
 void outbound_nego_tls_established(struct outbound_nego *n);
 void outbound_nego_tls_failed(struct outbound_nego *n);
+/* The same when the handshake timed out: the same replies and retry, but a
+ * refusal closes with CLOSE_TIMEOUT (§7.5). */
+void outbound_nego_tls_timeout(struct outbound_nego *n);
 /* The fresh plaintext connection of a retry is up. */
 void outbound_nego_reconnected(struct outbound_nego *n);
 /* The next hop cannot be reached (or the retry failed): 421 4.4.1. */

@@ -212,7 +212,8 @@ class TlsPeer:
 
 class ScriptedPeer:
     """A raw SMTP peer: offers STARTTLS; what it does on STARTTLS is chosen
-    by `on_starttls` ("break": 220 then garbage and close; "inject": 220 and a
+    by `on_starttls` ("break": 220 then garbage and close; "stall": 220 then
+    silence; "inject": 220 and a
     fake 250 in the same write, then a real handshake). Later connections
     (the plaintext retry) get an ordinary plaintext dialogue. Records every
     command line per connection."""
@@ -266,6 +267,14 @@ class ScriptedPeer:
                 elif verb == "STARTTLS" and not tls and index == 0:
                     if self.on_starttls == "break":
                         conn.sendall(b"220 2.0.0 ready\r\nthis is not TLS at all\r\n")
+                        return
+                    if self.on_starttls == "stall":
+                        # 220, then silence until tlsfront gives up (its
+                        # handshake_timeout is 5 s; bounded at 15 s here).
+                        conn.sendall(b"220 2.0.0 ready\r\n")
+                        conn.settimeout(15)
+                        while conn.recv(4096):
+                            pass
                         return
                     conn.sendall(b"220 2.0.0 ready\r\n250 2.0.0 injected\r\n")
                     conn = server_context(self.pki).wrap_socket(conn, server_side=True)
@@ -488,6 +497,20 @@ def test_s4_3_required_refuses_a_peer_without_starttls(outbound, peers):
     refused(ob.port)
     s = ob.summary()[0]
     assert s["reason"] == "policy" and s["tls"] == "none"
+
+
+@pytest.mark.parametrize("policy", ["required", "verify"])
+def test_s7_5_outbound_handshake_timeout_is_reason_timeout(outbound, peers, policy):
+    """§4.3 and §7.5: a peer that answers STARTTLS and then never handshakes
+    fails the handshake at tls.handshake_timeout: 421 4.7.0 to the legacy
+    server, no plaintext retry, and the summary says reason=timeout."""
+    peer = peers("stall")
+    ob = outbound(peer.port, policy)
+    refused(ob.port)
+    assert len(peer.connections) == 1
+    ob.tf.wait_event("tls_timeout")
+    s = ob.summary()[0]
+    assert s["reason"] == "timeout" and s["tls"] == "none", s
 
 
 def test_s4_3_required_refuses_a_failed_handshake(outbound, peers):

@@ -142,7 +142,7 @@ static void assert_defaults(const struct tf_config *cfg)
 
 	assert_int_equal(cfg->tls.n_certs, 0);
 	assert_null(cfg->tls.certs[0].cert);
-	assert_string_equal(cfg->tls.priority, "NORMAL");
+	assert_null(cfg->tls.priority); /* the built-in profile of certs/ */
 	assert_int_equal(cfg->tls.handshake_timeout, 30);
 	assert_int_equal(cfg->tls.session_cache_timeout, 3600);
 
@@ -247,6 +247,11 @@ static void test_s2_spec_block_loads(void **state)
 		cfg.tls.certs[i].cert = cfg.tls.certs[i].key = NULL;
 	}
 	cfg.tls.n_certs = 0;
+	/* SPEC §2 shows "NORMAL"; the default is now the built-in AEAD-only
+	 * profile (issue 15), so the block's explicit value stays a value. */
+	assert_string_equal(cfg.tls.priority, "NORMAL");
+	free(cfg.tls.priority);
+	cfg.tls.priority = NULL;
 	assert_defaults(&cfg);
 	config_free(&cfg);
 }
@@ -266,7 +271,8 @@ static void test_s2_every_key_is_read(void **state)
 		"};\n"
 		"inbound = {\n"
 		"  tcp = { enabled = true; listen = ( \"192.0.2.1:587\" ); starttls = true; };\n"
-		"  tls = { enabled = false; listen = [ \"[2001:db8::1]:465\", \"h:1\" ]; };\n"
+		"  tls = { enabled = false; listen = [ \"[2001:db8::1]:465\", "
+		"\"[::ffff:192.0.2.9]:1\" ]; };\n"
 		"};\n"
 		"outbound = {\n"
 		"  listen = [];\n"
@@ -305,7 +311,7 @@ static void test_s2_every_key_is_read(void **state)
 	assert_null(cfg.inbound.tcp.listen[1]);
 	assert_int_equal(cfg.inbound.tls.n_listen, 2);
 	assert_string_equal(cfg.inbound.tls.listen[0], "[2001:db8::1]:465");
-	assert_string_equal(cfg.inbound.tls.listen[1], "h:1");
+	assert_string_equal(cfg.inbound.tls.listen[1], "[::ffff:192.0.2.9]:1");
 	assert_int_equal(cfg.outbound.n_listen, 0);
 	assert_string_equal(cfg.outbound.next_hop, "original-destination");
 	assert_int_equal(cfg.outbound.tls, TF_OUT_TLS_REQUIRED);
@@ -370,9 +376,11 @@ static void test_s2_range_bounds_are_accepted(void **state)
 	    "backend = { address = \"h:1\"; connect_timeout = 86400; };",
 	    "backend = { address = \"[::1]:65535\"; };",
 	    "outbound = { next_hop = \"[2001:db8::25]:25\"; };",
-	    "inbound = { tls = { listen = [ \"a:1\", \"a:2\", \"a:3\", \"a:4\", \"a:5\", "
-	    "\"a:6\", \"a:7\", \"a:8\", \"a:9\", \"a:10\", \"a:11\", \"a:12\", \"a:13\", "
-	    "\"a:14\", \"a:15\", \"a:16\" ]; }; };",
+	    "inbound = { tls = { listen = [ \"10.0.0.1:1\", \"10.0.0.1:2\", \"10.0.0.1:3\", "
+	    "\"10.0.0.1:4\", \"10.0.0.1:5\", "
+	    "\"10.0.0.1:6\", \"10.0.0.1:7\", \"10.0.0.1:8\", \"10.0.0.1:9\", \"10.0.0.1:10\", "
+	    "\"10.0.0.1:11\", \"10.0.0.1:12\", \"10.0.0.1:13\", "
+	    "\"10.0.0.1:14\", \"10.0.0.1:15\", \"10.0.0.1:16\" ]; }; };",
 	    "inbound = { tls = { listen = []; }; };",
 	    "tls = { certificates = ( {cert=\"c\";key=\"k\";}, {cert=\"c\";key=\"k\";}, "
 	    "{cert=\"c\";key=\"k\";}, {cert=\"c\";key=\"k\";}, {cert=\"c\";key=\"k\";}, "
@@ -441,7 +449,7 @@ static void test_s2_wrong_type_is_error(void **state)
 	     "inbound.tcp.listen: expected an array", "not a string"},
 	    {"inbound = { tcp = { listen = [\n 25 #<\n]; }; };\n", "inbound.tcp.listen[0]",
 	     "not an integer"},
-	    {"inbound = { tcp = { listen = (\n \"a:1\",\n (\"b:2\") #<\n); }; };\n",
+	    {"inbound = { tcp = { listen = (\n \"10.0.0.1:1\",\n (\"b:2\") #<\n); }; };\n",
 	     "inbound.tcp.listen[1]", "not a list"},
 	    {"tls = { certificates = { cert = \"c\"; key = \"k\"; }; #<\n};\n", "tls.certificates",
 	     "expected a list"},
@@ -501,9 +509,11 @@ static void test_s2_too_many_entries_is_error(void **state)
 {
 	(void)state;
 	static const struct bad_case cases[] = {
-	    {"inbound = { tcp = {\n listen = [ \"a:1\", \"a:2\", \"a:3\", \"a:4\", \"a:5\", #<\n"
-	     "\"a:6\", \"a:7\", \"a:8\", \"a:9\", \"a:10\", \"a:11\", \"a:12\", \"a:13\",\n"
-	     "\"a:14\", \"a:15\", \"a:16\", \"a:17\" ]; }; };\n",
+	    {"inbound = { tcp = {\n listen = [ \"10.0.0.1:1\", \"10.0.0.1:2\", \"10.0.0.1:3\", "
+	     "\"10.0.0.1:4\", \"10.0.0.1:5\", #<\n"
+	     "\"10.0.0.1:6\", \"10.0.0.1:7\", \"10.0.0.1:8\", \"10.0.0.1:9\", \"10.0.0.1:10\", "
+	     "\"10.0.0.1:11\", \"10.0.0.1:12\", \"10.0.0.1:13\",\n"
+	     "\"10.0.0.1:14\", \"10.0.0.1:15\", \"10.0.0.1:16\", \"10.0.0.1:17\" ]; }; };\n",
 	     "inbound.tcp.listen", "at most 16 addresses"},
 	    {"tls = {\n certificates = ( {cert=\"c\";key=\"k\";}, {cert=\"c\";key=\"k\";}, #<\n"
 	     "{cert=\"c\";key=\"k\";}, {cert=\"c\";key=\"k\";}, {cert=\"c\";key=\"k\";},\n"
@@ -530,6 +540,36 @@ static void test_s2_certificate_entry_needs_cert_and_key(void **state)
 	     NULL},
 	    {"tls = { certificates = (\n { cert = \"\"; #<\n key = \"k\"; }); };\n",
 	     "tls.certificates[0].cert", "expected a file name"},
+	};
+	expect_errors(cases, COUNT(cases));
+}
+
+/* Issue 15: an OCSP response per certificate, with the line it was set on
+ * kept for errors found when the response is loaded. */
+static void test_ocsp_per_certificate_and_its_line(void **state)
+{
+	(void)state;
+	struct tf_config cfg;
+	load_ok("tls = { certificates = (\n"
+		" { cert = \"a.pem\"; key = \"a.key\"; },\n"
+		" { cert = \"b.pem\"; key = \"b.key\";\n"
+		"   ocsp = \"b.der\"; }\n"
+		"); };\n",
+		&cfg);
+	assert_null(cfg.tls.certs[0].ocsp);
+	assert_int_equal(cfg.tls.certs[0].ocsp_source.line, 0);
+	assert_string_equal(cfg.tls.certs[1].ocsp, "b.der");
+	assert_int_equal(cfg.tls.certs[1].ocsp_source.line, 4);
+	assert_string_equal(cfg.tls.certs[1].ocsp_source.file, cfg.path);
+	config_free(&cfg);
+
+	static const struct bad_case cases[] = {
+	    {"tls = { certificates = (\n { cert = \"c\"; key = \"k\"; ocsp = \"\"; } #<\n); };\n",
+	     "tls.certificates[0].ocsp", "expected a file name"},
+	    {"tls = { certificates = (\n { cert = \"c\"; key = \"k\"; ocsp = 1; } #<\n); };\n",
+	     "tls.certificates[0].ocsp", "expected a file name, not an integer"},
+	    {"tls = { certificates = (\n { cert = \"c\"; key = \"k\"; crl = \"x\"; } #<\n); };\n",
+	     "tls.certificates[0].crl", "unknown key (expected cert, key or ocsp)"},
 	};
 	expect_errors(cases, COUNT(cases));
 }
@@ -578,6 +618,13 @@ static void test_s2_malformed_address_is_error(void **state)
 	     NULL},
 	    {"outbound = { listen = [ \":10025\" ]; #<\n};\n", "outbound.listen[0]", NULL},
 	    {"outbound = { listen = [ \"unix:/x\" ]; #<\n};\n", "outbound.listen[0]", NULL},
+	    /* A name would be bound numerically and fail only at start. */
+	    {"inbound = { tcp = { listen = [ \"localhost:25\" ]; #<\n}; };\n",
+	     "inbound.tcp.listen[0]", "an address, not a name"},
+	    {"inbound = { tcp = { listen = [ \"[mx.example]:25\" ]; #<\n}; };\n",
+	     "inbound.tcp.listen[0]", "got \"[mx.example]:25\""},
+	    {"outbound = { listen = [ \"127.0.0.256:25\" ]; #<\n};\n", "outbound.listen[0]", NULL},
+	    {"outbound = { listen = [ \"127.0.0:25\" ]; #<\n};\n", "outbound.listen[0]", NULL},
 	    {"outbound = { next_hop = \"smtp.example.net\"; #<\n};\n", "outbound.next_hop",
 	     "original-destination"},
 	};
@@ -879,8 +926,9 @@ static void test_s2_load_twice_and_free_leaks_nothing(void **state)
 
 	/* Errors after allocating: in the middle of a listen list and of the
 	 * certificates, and in the late checks. */
-	expect_error("inbound = { tcp = { listen = [ \"a:1\", \"a:2\", \"bad\" ]; #<\n}; };\n",
-		     "inbound.tcp.listen[2]", NULL);
+	expect_error(
+	    "inbound = { tcp = { listen = [ \"10.0.0.1:1\", \"10.0.0.1:2\", \"bad\" ]; #<\n}; };\n",
+	    "inbound.tcp.listen[2]", NULL);
 	expect_error("tls = { certificates = ( { cert = \"c\"; key = \"k\"; },\n"
 		     " { cert = \"c\"; } ); #<\n};\n",
 		     "tls.certificates[1].key: missing", NULL);
@@ -957,6 +1005,7 @@ int main(void)
 	    cmocka_unit_test(test_s2_out_of_range_is_error),
 	    cmocka_unit_test(test_s2_too_many_entries_is_error),
 	    cmocka_unit_test(test_s2_certificate_entry_needs_cert_and_key),
+	    cmocka_unit_test(test_ocsp_per_certificate_and_its_line),
 	    cmocka_unit_test(test_s2_bad_enum_is_error),
 	    cmocka_unit_test(test_s2_malformed_address_is_error),
 	    cmocka_unit_test(test_s2_parse_error_has_file_and_line),

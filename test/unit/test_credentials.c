@@ -333,6 +333,9 @@ static void link_open(struct link *l, struct creds *c, const char *client_priori
 	endpoint_attach(&l->server, ss, &l->c2s, &l->s2c);
 }
 
+static void peer_link_open(struct link *l, struct creds *c, const char *server_name, bool verify,
+			   const char *peer_priority, gnutls_certificate_request_t request);
+
 static void link_close(struct link *l)
 {
 	gnutls_deinit(l->client.s);
@@ -602,7 +605,7 @@ static void test_s5_self_signed_needs_server_name(void **state)
 
 static void test_s5_rsa_pair_loads(void **state)
 {
-	struct creds_pair pair = {rsa_cert, rsa_key};
+	struct creds_pair pair = {rsa_cert, rsa_key, NULL};
 	bool self_signed = true;
 	struct creds *c = new_creds(&pair, 1, "NORMAL", &self_signed);
 	struct link l;
@@ -640,7 +643,7 @@ static void test_s5_rsa_pair_loads(void **state)
  * use; an SNI that matches nothing gets the first listed pair. */
 static void test_s7_8_several_pairs_by_sni_and_key_type(void **state)
 {
-	struct creds_pair pairs[] = {{rsa_cert, rsa_key}, {ec_cert, ec_key}};
+	struct creds_pair pairs[] = {{rsa_cert, rsa_key, NULL}, {ec_cert, ec_key, NULL}};
 	struct creds *c = new_creds(pairs, 2, "NORMAL", NULL);
 	struct link l;
 	static const struct {
@@ -667,8 +670,8 @@ static void test_s7_8_several_pairs_by_sni_and_key_type(void **state)
 
 static void test_s5_key_mismatch_names_file(void **state)
 {
-	struct creds_pair pair = {rsa_cert, other_key};
-	struct creds_pair pairs[] = {{ec_cert, ec_key}, {rsa_cert, ec_key}};
+	struct creds_pair pair = {rsa_cert, other_key, NULL};
+	struct creds_pair pairs[] = {{ec_cert, ec_key, NULL}, {rsa_cert, ec_key, NULL}};
 
 	(void)state;
 	expect_creds_error(&pair, 1, "NORMAL", other_key, rsa_cert, "does not match", NULL);
@@ -677,8 +680,8 @@ static void test_s5_key_mismatch_names_file(void **state)
 
 static void test_s5_missing_file_named(void **state)
 {
-	struct creds_pair no_cert = {missing, rsa_key};
-	struct creds_pair no_key = {rsa_cert, missing};
+	struct creds_pair no_cert = {missing, rsa_key, NULL};
+	struct creds_pair no_key = {rsa_cert, missing, NULL};
 
 	(void)state;
 	expect_creds_error(&no_cert, 1, "NORMAL", missing, "cannot read", NULL);
@@ -687,10 +690,10 @@ static void test_s5_missing_file_named(void **state)
 
 static void test_s5_bad_files_named(void **state)
 {
-	struct creds_pair bad_cert = {garbage_cert, rsa_key};
-	struct creds_pair key_as_cert = {rsa_key, rsa_key};
-	struct creds_pair cert_as_key = {rsa_cert, rsa_cert};
-	struct creds_pair dir_as_cert = {tmpdir, rsa_key};
+	struct creds_pair bad_cert = {garbage_cert, rsa_key, NULL};
+	struct creds_pair key_as_cert = {rsa_key, rsa_key, NULL};
+	struct creds_pair cert_as_key = {rsa_cert, rsa_cert, NULL};
+	struct creds_pair dir_as_cert = {tmpdir, rsa_key, NULL};
 
 	(void)state;
 	expect_creds_error(&bad_cert, 1, "NORMAL", garbage_cert, NULL);
@@ -728,6 +731,51 @@ static void test_s2_priority_is_applied(void **state)
 	handshake(&l, &crc, &src);
 	assert_true(gnutls_error_is_fatal(crc));
 	assert_true(gnutls_error_is_fatal(src));
+	link_close(&l);
+	creds_unref(c);
+}
+
+/* Issue 15: without tls.priority the server offers AEAD suites only, in
+ * its own order; a TLS 1.2 client offering only CBC suites is refused. */
+static void test_default_profile_aead_only_in_server_order(void **state)
+{
+	struct creds *c = new_creds(NULL, 0, NULL, NULL);
+	struct link l;
+	int crc, src;
+
+	(void)state;
+	seed(51);
+	link_open(&l, c, PRIO_TLS12 ":-CIPHER-ALL:+AES-128-CBC:+AES-256-CBC:-MAC-ALL:+SHA1:+SHA256",
+		  NULL, NULL, 0);
+	handshake(&l, &crc, &src);
+	assert_true(gnutls_error_is_fatal(crc));
+	assert_true(gnutls_error_is_fatal(src));
+	link_close(&l);
+
+	/* The client prefers AES-128-GCM; the server's AES-256-GCM wins. */
+	seed(52);
+	link_open(&l, c, PRIO_TLS12 ":-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM", NULL, NULL, 0);
+	handshake_ok(&l);
+	assert_int_equal(gnutls_cipher_get(l.server.s), GNUTLS_CIPHER_AES_256_GCM);
+	link_close(&l);
+	creds_unref(c);
+}
+
+/* ... while the outbound (client) side, opportunistic by default, still
+ * takes a CBC suite from a peer that offers nothing better: better than
+ * the plaintext a failed handshake falls back to. */
+static void test_default_profile_client_side_accepts_cbc(void **state)
+{
+	struct creds *c = new_creds(NULL, 0, NULL, NULL);
+	struct link l;
+
+	(void)state;
+	seed(53);
+	peer_link_open(&l, c, NULL, false,
+		       PRIO_TLS12 ":-CIPHER-ALL:+AES-128-CBC:-MAC-ALL:+SHA256:+SHA1",
+		       GNUTLS_CERT_IGNORE);
+	handshake_ok(&l);
+	assert_int_equal(gnutls_cipher_get(l.client.s), GNUTLS_CIPHER_AES_128_CBC);
 	link_close(&l);
 	creds_unref(c);
 }
@@ -1048,8 +1096,8 @@ static void test_s4_2_6_self_signed_shown_whatever_ca_is_named(void **state)
  * algorithms; never by the CA it names. */
 static void test_s7_9_first_listed_pair_the_peer_can_use(void **state)
 {
-	struct creds_pair rsa_first[] = {{rsa_cert, rsa_key}, {ec_cert, ec_key}};
-	struct creds_pair ec_first[] = {{ec_cert, ec_key}, {rsa_cert, rsa_key}};
+	struct creds_pair rsa_first[] = {{rsa_cert, rsa_key, NULL}, {ec_cert, ec_key, NULL}};
+	struct creds_pair ec_first[] = {{ec_cert, ec_key, NULL}, {rsa_cert, rsa_key, NULL}};
 	char rsa_fp[FP_LEN + 1], ec_fp[FP_LEN + 1], got[FP_LEN + 1];
 	static const struct {
 		const char *what;
@@ -1098,7 +1146,7 @@ static void test_s7_9_first_listed_pair_the_peer_can_use(void **state)
  * one that merely asks goes on without; one that insists fails. */
 static void test_s4_2_6_no_usable_pair_sends_none(void **state)
 {
-	struct creds_pair rsa_only = {rsa_cert, rsa_key};
+	struct creds_pair rsa_only = {rsa_cert, rsa_key, NULL};
 	struct creds *c = new_creds(&rsa_only, 1, "NORMAL", NULL);
 	const char *prios[] = {PRIO_TLS13 ":-SIGN-ALL:+SIGN-ECDSA-SECP256R1-SHA256",
 			       PRIO_TLS12 ":-SIGN-ALL:+SIGN-ECDSA-SHA256"};
@@ -1130,7 +1178,7 @@ static void test_s4_2_6_no_usable_pair_sends_none(void **state)
  * the client certificate goes along. */
 static void test_s4_3_verify_with_the_client_credentials(void **state)
 {
-	struct creds_pair pair = {ec_cert, ec_key};
+	struct creds_pair pair = {ec_cert, ec_key, NULL};
 	struct creds *c = new_creds(&pair, 1, "NORMAL", NULL);
 	struct creds *untrusting = new_creds(&pair, 1, "NORMAL", NULL);
 	char err[256] = "", want[FP_LEN + 1], got[FP_LEN + 1];
@@ -1271,6 +1319,8 @@ int main(void)
 	    cmocka_unit_test(test_s5_bad_files_named),
 	    cmocka_unit_test(test_s2_bad_priority_string),
 	    cmocka_unit_test(test_s2_priority_is_applied),
+	    cmocka_unit_test(test_default_profile_aead_only_in_server_order),
+	    cmocka_unit_test(test_default_profile_client_side_accepts_cbc),
 	    cmocka_unit_test(test_s2_old_tls_never_negotiated),
 	    cmocka_unit_test(test_s2_priority_without_tls12_or_13_refused),
 	    cmocka_unit_test(test_s7_7_alpn_without_smtp_fails),

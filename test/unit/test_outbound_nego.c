@@ -24,6 +24,7 @@ enum step_kind {
 	PEER,	     /* plaintext bytes from the peer */
 	TLS_OK,	     /* the handshake completed */
 	TLS_FAIL,    /* the handshake failed */
+	TLS_TIMEOUT, /* the handshake timed out */
 	RECONNECTED, /* the plaintext retry's connection is up */
 	PEER_CLOSED,
 	TIMEOUT,
@@ -124,6 +125,10 @@ static void run(const struct step *steps, enum tf_outbound_tls policy, size_t sp
 			break;
 		case TLS_FAIL:
 			outbound_nego_tls_failed(&n);
+			collect(&n, t);
+			break;
+		case TLS_TIMEOUT:
+			outbound_nego_tls_timeout(&n);
 			collect(&n, t);
 			break;
 		case RECONNECTED:
@@ -236,6 +241,14 @@ static const struct step handshake_fails[] = {
     {PEER, EHLO_TLS}, {PEER, "220 2.0.0 go ahead\r\n"},
     {TLS_FAIL, NULL}, {RECONNECTED, NULL},
     {PEER, GREETING}, {PEER, EHLO_TLS},
+    {END, NULL},
+};
+
+static const struct step handshake_times_out[] = {
+    {PEER, GREETING},	 {LEGACY, "EHLO legacy.test\r\n"},
+    {PEER, EHLO_TLS},	 {PEER, "220 2.0.0 go ahead\r\n"},
+    {TLS_TIMEOUT, NULL}, {RECONNECTED, NULL},
+    {PEER, GREETING},	 {PEER, EHLO_TLS},
     {END, NULL},
 };
 
@@ -372,6 +385,20 @@ static void expect_refusal(const struct step *steps, enum tf_outbound_tls policy
 	free(events);
 	transcript_free(&t);
 	assert_split_invariant(steps, policy);
+}
+
+/* §4.3 and §7.5: a handshake that times out is a failed handshake (the
+ * same retry, the same 421) whose refusal is logged reason=timeout. */
+static void test_s7_5_handshake_timeout_is_a_failure_with_reason_timeout(void **state)
+{
+	(void)state;
+	struct transcript t;
+	run(handshake_times_out, TF_OUT_TLS_NEGOTIATED, 0, &t);
+	assert_buf(&t.legacy, GREETING "250-peer.example hi\r\n250-SIZE 1000\r\n250 8BITMIME\r\n");
+	assert_buf(&t.events, "TRN:outbound_tls_fallback;D");
+	transcript_free(&t);
+	expect_refusal(handshake_times_out, TF_OUT_TLS_REQUIRED, CLOSE_TIMEOUT);
+	expect_refusal(handshake_times_out, TF_OUT_TLS_VERIFY, CLOSE_TIMEOUT);
 }
 
 static void test_s4_3_required(void **state)
@@ -706,6 +733,7 @@ int main(void)
 	    cmocka_unit_test(test_s4_3_negotiated_starttls),
 	    cmocka_unit_test(test_s4_3_negotiated_no_starttls_is_plaintext_and_logged),
 	    cmocka_unit_test(test_s4_3_negotiated_handshake_failure_retries_in_plaintext),
+	    cmocka_unit_test(test_s7_5_handshake_timeout_is_a_failure_with_reason_timeout),
 	    cmocka_unit_test(test_s4_3_negotiated_refused_starttls_goes_on_in_plaintext),
 	    cmocka_unit_test(test_s4_5_retry_only_once),
 	    cmocka_unit_test(test_s4_3_required),
