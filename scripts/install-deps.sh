@@ -3,13 +3,14 @@
 # to build, to run its demo, and to run every test. Safe to run again.
 # Packages are installed without their Recommends, so that the list below is
 # the whole truth: swaks needs libnet-ssleay-perl for --tls, and clang's
-# sanitizer and libFuzzer runtime lives in libclang-rt-14-dev.
+# sanitizer and libFuzzer runtime lives in libclang-rt-14-dev. The metrics
+# endpoint is served by libmicrohttpd; its test scrapes with a real prometheus.
 set -eu
 PKGS="build-essential meson ninja-build pkg-config
       libgnutls28-dev libuv1-dev libconfig-dev libcmocka-dev
       gnutls-bin openssl swaks python3 python3-pytest python3-aiosmtpd
       clang clang-format postfix haproxy iptables iproute2 binutils strace
-      libnet-ssleay-perl libclang-rt-14-dev"
+      libnet-ssleay-perl libclang-rt-14-dev libmicrohttpd-dev prometheus"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
