@@ -133,7 +133,8 @@ static enum metrics_out_tls outcome(const struct outbound *s)
 static void count_close(struct outbound *s, enum smtp_close_reason reason)
 {
 	struct metrics_block *b = mblock(s);
-	metrics_inc(&b->ended[ML_OUTBOUND][reason < MR_COUNT ? reason : CLOSE_ERROR]);
+	metrics_inc(&b->ended[ML_OUTBOUND]
+			     [reason > CLOSE_NONE && reason < MR_COUNT ? reason : CLOSE_ERROR]);
 	metrics_add(&b->bytes_in[ML_OUTBOUND], s->bytes_in);
 	metrics_add(&b->bytes_out[ML_OUTBOUND], s->bytes_out);
 	enum metrics_out_tls o = outcome(s);
@@ -546,6 +547,10 @@ static bool step_nego(struct outbound *s)
 	if (s->closing)
 		return false;
 	log_nego(s, a);
+	for (unsigned r = 0; r < REFUSAL_COUNT; r++) {
+		metrics_add(&mblock(s)->refused[ML_OUTBOUND][r], a->refused[r]);
+		a->refused[r] = 0; /* counted once */
+	}
 	if (a->close && a->event && strcmp(a->event, "outbound_policy") == 0)
 		s->policy_refused = true; /* §4.3: 421 4.7.0 */
 	bool start_tls = a->start_tls, again = a->reconnect, done = a->done;

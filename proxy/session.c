@@ -146,7 +146,7 @@ void session_close(struct session *s, enum smtp_close_reason reason)
 	log_summary(s);
 	struct metrics_block *b = mblock(s);
 	enum metrics_listener l = mlistener(s);
-	metrics_inc(&b->ended[l][reason < MR_COUNT ? reason : CLOSE_ERROR]);
+	metrics_inc(&b->ended[l][reason > CLOSE_NONE && reason < MR_COUNT ? reason : CLOSE_ERROR]);
 	metrics_add(&b->bytes_in[l], s->bytes_in);
 	metrics_add(&b->bytes_out[l], s->bytes_out);
 

@@ -561,11 +561,15 @@ metrics = {{ listen = [ "127.0.0.1:0" ]; }};
         port = metrics_port(tf)
         c = SmtpClient(out_port)
         c.greeting()
+        # Refused before the EHLO too, while tlsfront negotiates (§4.2.3).
+        assert c.cmd("XCLIENT ADDR=192.0.2.1").code == 502
         r = c.cmd("EHLO legacy.test")
         assert r.code == 421 and r.enhanced == "4.7.0", r
         c.close()
         wait_sessions(tf, "outbound", 1)
         s = scrape(port)
+        assert s.get("tlsfront_refusals_total", listener="outbound", rule="xclient") == 1
+        assert s.get("tlsfront_refusals_total") == 1
         assert s.get("tlsfront_outbound_peer_verifications_total", result="failed") == 1
         assert s.get("tlsfront_tls_handshake_failures_total", listener="outbound",
                      cause="certificate") == 1
