@@ -301,6 +301,7 @@ static void signal_cb(uv_signal_t *h, int signum)
 	if (rt->stopping)
 		return;
 	rt->stopping = true;
+	metrics_set_ready(false); /* /healthz: 503 while sessions drain */
 	log_msg(TF_LOG_INFO, "event=stopping signal=%s", signum == SIGTERM ? "TERM" : "INT");
 	for (unsigned i = 0; i < rt->n_workers; i++)
 		worker_stop(&rt->workers[i]);

@@ -173,7 +173,8 @@ bool metrics_get_backend(struct sockaddr_storage *ss, unsigned *len, char *text,
 uint64_t metrics_backend_last_ok(void);
 void metrics_backend_ok_at(uint64_t now_ns);
 
-/* Main: every listener is bound and every worker runs. */
+/* Main: every listener is bound and every worker runs (true), or tlsfront
+ * is stopping (false). */
 void metrics_set_ready(bool ready);
 bool metrics_ready(void);
 

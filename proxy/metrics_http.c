@@ -1,7 +1,8 @@
 /* metrics_http.c — /metrics and /healthz over GNU libmicrohttpd
  * (metrics_http.h). libmicrohttpd parses HTTP; this file only answers.
  *
- * /healthz is 200 when every listener is bound (main said so) and the
+ * /healthz is 200 when every listener is bound and accepting (main says so
+ * once every worker runs, and unsays it on SIGTERM) and the
  * backend accepted a connection within the last 2 x backend.connect_timeout
  * seconds or a probe connection succeeds now; else 503 with a one-line
  * reason. The probe is a non-blocking connect bounded by
@@ -130,7 +131,7 @@ static enum MHD_Result serve_healthz(struct MHD_Connection *c)
 	char line[512];
 	if (!metrics_ready())
 		return respond_text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
-				    "unhealthy: listeners not bound yet\n");
+				    "unhealthy: not accepting sessions (starting or stopping)\n");
 	struct sockaddr_storage ss;
 	unsigned len, timeout;
 	char text[300];

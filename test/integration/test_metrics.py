@@ -23,6 +23,7 @@ import urllib.request
 
 import pytest
 
+import postfix_backend
 import tfhelpers
 from tfhelpers import HOST, IO_TIMEOUT, SmtpClient, insecure_context
 from test_outbound import TlsPeer, ScriptedPeer, deliver, pki  # noqa: F401 (a fixture)
@@ -581,6 +582,34 @@ metrics = {{ listen = [ "127.0.0.1:0" ]; }};
 # ---- a real Prometheus ----------------------------------------------------------------
 
 PROMETHEUS = "/usr/bin/prometheus"
+PROMTOOL = "/usr/bin/promtool"
+README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")
+
+
+def readme_block(heading, lang):
+    """The first ```lang block after the README line `heading`."""
+    with open(README) as f:
+        text = f.read()
+    start = text.index(heading + "\n")
+    m = re.compile(r"^```%s\n(.*?)^```$" % lang, re.M | re.S).search(text, start)
+    assert m, "no ```%s block after %s" % (lang, heading)
+    return m.group(1)
+
+
+def readme_queries():
+    """{comment: query} of the README's PromQL examples."""
+    lines = readme_block("### Queries", "promql").splitlines()
+    return {lines[i]: lines[i + 1] for i in range(0, len(lines), 2)}
+
+
+def test_i13_readme_alert_rules_pass_promtool(tmp_path):
+    if not os.access(PROMTOOL, os.X_OK):
+        postfix_backend.require_or_skip("%s is not installed" % PROMTOOL)
+    rules = tmp_path / "rules.yml"
+    rules.write_text(readme_block("### Alert rules", "yaml"))
+    r = tfhelpers.run_tool([PROMTOOL, "check", "rules", str(rules)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert b"SUCCESS: 4 rules found" in r.stdout, r.stdout
 
 
 def prom_query(port, expr):
@@ -600,8 +629,10 @@ def prom_value(port, expr):
     return float(result[0]["value"][1])
 
 
-@pytest.mark.skipif(not os.path.exists(PROMETHEUS), reason="needs Debian's prometheus")
 def test_i13_prometheus_answers_the_tls13_share(metered, tmp_path):
+    if not os.access(PROMETHEUS, os.X_OK):
+        # Skipped without it, failed in the CI run (CI=true).
+        postfix_backend.require_or_skip("%s is not installed" % PROMETHEUS)
     mport = metered.mport
     prom_port = tfhelpers.free_port()
     (tmp_path / "prometheus.yml").write_text(f"""global:
@@ -648,10 +679,19 @@ scrape_configs:
             prom_query(prom_port, ended), (tmp_path / "prometheus.log").read_text()[-3000:])
         # The share of the sessions so far (all N = 7 of them) that used
         # TLS 1.3: raw counters, so the answer is exact.
-        share = prom_value(prom_port,
-                           'sum(tlsfront_tls_sessions_total{version="TLS1.3"}) '
-                           '/ sum(tlsfront_sessions_started_total)')
+        queries = readme_queries()
+        share = prom_value(prom_port, queries[
+            "# Share of all inbound sessions since start that used TLS 1.3 (exact: raw counters)"])
         assert share == pytest.approx(3 / 7, abs=1e-12)
+        # The same from the sessions' own summary lines.
+        lines = summaries(metered, "tcp") + summaries(metered, "tls")
+        assert len(lines) == 7
+        assert share == pytest.approx(
+            len([s for s in lines if s["tls"] == "TLS1.3"]) / len(lines), abs=1e-12)
+        # Every README query is valid PromQL to this Prometheus.
+        for comment, query in queries.items():
+            assert comment.startswith("# ") and not query.startswith("#"), (comment, query)
+            prom_query(prom_port, query)
         assert prom_value(prom_port, 'sum(tlsfront_tls_sessions_total{version="TLS1.2"})') == 2
         assert prom_value(prom_port, 'sum(tlsfront_sessions_started_total)') == 7
         assert prom_value(prom_port, 'sum(tlsfront_messages_total)') == 6
