@@ -72,9 +72,9 @@ enum metrics_verify { MVR_OK = 0, MVR_FAILED, MVR_NOT_CHECKED, MVR_COUNT };
 #define METRICS_BUCKETS 12
 extern const double metrics_bucket_bounds[METRICS_BUCKETS];
 
-/* One worker's counters. */
+/* One worker's counters, on cache lines of its own. */
 struct metrics_block {
-	atomic_ullong started[ML_COUNT];
+	_Alignas(64) atomic_ullong started[ML_COUNT];
 	atomic_ullong ended[ML_COUNT][MR_COUNT];
 	atomic_ullong tls[ML_COUNT][MV_COUNT][MC_COUNT];
 	atomic_ullong hs_failed[ML_COUNT][MH_COUNT];
