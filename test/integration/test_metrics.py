@@ -401,6 +401,29 @@ def test_i13_totals_match_the_summary_lines(metered):
         assert s.get("tlsfront_sessions_active", listener=listener) == 0
 
 
+def test_i13_active_sessions_and_healthz_while_draining(metered):
+    c = SmtpClient(metered.port)
+    c.greeting()
+    s1, f1 = tls_port_client(metered)
+    s = scrape(metered.mport)
+    assert s.get("tlsfront_sessions_active", listener="tcp") == 1
+    assert s.get("tlsfront_sessions_active", listener="tls") == 1
+    assert http_get(metered.mport, "/healthz")[0] == 200
+    # SIGTERM: sessions drain, /healthz says so at once.
+    metered.send_signal(signal.SIGTERM)
+    metered.wait_event("stopping")
+    status, _, body = http_get(metered.mport, "/healthz")
+    assert status == 503 and body.startswith(b"unhealthy: "), body
+    assert scrape(metered.mport).get("tlsfront_sessions_active") == 2
+    assert c.cmd("QUIT").code == 221
+    c.close()
+    s1.sendall(b"QUIT\r\n")
+    assert f1.readline().startswith(b"221")
+    f1.close()
+    s1.close()
+    assert metered.wait_exit(15) == 0
+
+
 # ---- the backend and /healthz ----------------------------------------------------------
 
 class Listener:
