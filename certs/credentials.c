@@ -828,3 +828,18 @@ int creds_fingerprint(struct creds *c, char *out, size_t outlen)
 	}
 	return 0;
 }
+
+long long creds_expiry(struct creds *c, unsigned idx)
+{
+	gnutls_datum_t der;
+	gnutls_x509_crt_t crt;
+	if (c == NULL || gnutls_certificate_get_crt_raw(c->cert, idx, 0, &der) < 0)
+		return -1;
+	if (gnutls_x509_crt_init(&crt) < 0)
+		return -1;
+	long long t = -1;
+	if (gnutls_x509_crt_import(crt, &der, GNUTLS_X509_FMT_DER) >= 0)
+		t = (long long)gnutls_x509_crt_get_expiration_time(crt);
+	gnutls_x509_crt_deinit(crt);
+	return t;
+}

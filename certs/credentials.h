@@ -119,4 +119,9 @@ int creds_client_session(struct creds *c, const char *server_name, bool verify,
  * into out (for the start-up log line). Returns 0 or -1. */
 int creds_fingerprint(struct creds *c, char *out, size_t outlen);
 
+/* The notAfter time (Unix seconds) of the leaf certificate of pair idx, in
+ * the listed order (0 for the self-signed default); -1 when there is no
+ * such pair or it cannot be read. For tlsfront_certificate_expiry_seconds. */
+long long creds_expiry(struct creds *c, unsigned idx);
+
 #endif

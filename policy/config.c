@@ -77,7 +77,8 @@ _Static_assert(sizeof(enum tf_outbound_tls) == sizeof(int), "enum size");
 
 /* Groups: a setting whose dotted path is listed here must be a group. */
 static const char *const groups[] = {
-    "backend", "tls", "inbound", "inbound.tcp", "inbound.tls", "outbound", "limits", "log",
+    "backend",	"tls",	  "inbound", "inbound.tcp", "inbound.tls",
+    "outbound", "limits", "log",     "metrics",
 };
 
 enum leaf_kind {
@@ -151,6 +152,7 @@ static const struct leaf leaves[] = {
 	L_ENUM("outbound.tls", outbound.tls, outbound_tls_names),
 	L_STRING("outbound.ca_file", outbound.ca_file, check_non_empty),
 	L_UINT("outbound.connect_timeout", outbound.connect_timeout, 1, MAX_TIMEOUT),
+	L_LISTEN("metrics.listen", metrics),
 
 	L_UINT("limits.max_connections", limits.max_connections, 1, MAX_CONNECTIONS),
 	L_UINT("limits.max_connections_per_ip", limits.max_connections_per_ip, 1, MAX_CONNECTIONS),
@@ -946,6 +948,7 @@ void config_free(struct tf_config *cfg)
 	free_listen(cfg->inbound.tcp.listen);
 	free_listen(cfg->inbound.tls.listen);
 	free_listen(cfg->outbound.listen);
+	free_listen(cfg->metrics.listen);
 	free(cfg->outbound.next_hop);
 	free(cfg->outbound.ca_file);
 	free(cfg->user);

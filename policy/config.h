@@ -107,6 +107,14 @@ struct tf_config {
 		unsigned shutdown_timeout;
 	} limits;
 
+	/* Issue 13: the Prometheus /metrics and /healthz endpoint; no
+	 * address (the default): no endpoint. Needs a restart, like every
+	 * listen key. */
+	struct {
+		char *listen[TF_MAX_LISTEN]; /* owned */
+		size_t n_listen;
+	} metrics;
+
 	enum tf_bare_newlines bare_newlines;
 	enum tf_log_level log_level;
 	char *user; /* owned; "" = do not drop privileges */

@@ -79,15 +79,37 @@ bool smtp_rules_auth_permitted(const struct smtp_rules_session *s)
 	return s->tls_active ? s->tls_auth : s->tcp_auth;
 }
 
-const char *smtp_rules_check(const struct smtp_rules_session *s, enum smtp_verb verb, bool has_args)
+const char *smtp_refusal_name(enum smtp_refusal rule)
+{
+	static const char *const names[REFUSAL_COUNT] = {
+	    [REFUSAL_REQUIRE_TLS] = "require_tls",
+	    [REFUSAL_AUTH] = "auth",
+	    [REFUSAL_MAX_ERRORS] = "max_errors",
+	    [REFUSAL_LINE_LENGTH] = "line_length",
+	    [REFUSAL_HTTP] = "http",
+	    [REFUSAL_BARE_NEWLINE] = "bare_newline",
+	    [REFUSAL_LIMIT] = "limit",
+	    [REFUSAL_XCLIENT] = "xclient",
+	    [REFUSAL_STARTTLS] = "starttls",
+	    [REFUSAL_SYNTAX] = "syntax",
+	    [REFUSAL_BDAT] = "bdat",
+	};
+	return (unsigned)rule < REFUSAL_COUNT ? names[rule] : "unknown";
+}
+
+const char *smtp_rules_check_rule(const struct smtp_rules_session *s, enum smtp_verb verb,
+				  bool has_args, enum smtp_refusal *rule)
 {
 	const struct verb_row *row = row_of(verb);
 	unsigned flags = row ? row->flags : 0;
 
-	if (flags & F_SPOOF)
+	if (flags & F_SPOOF) {
+		*rule = REFUSAL_XCLIENT;
 		return "502 5.5.1 Error: command not implemented";
+	}
 
 	/* §3.5 STARTTLS state rules. */
+	*rule = REFUSAL_STARTTLS;
 	if (verb == VERB_STARTTLS) {
 		if (s->tls_active)
 			return "503 5.5.1 Error: TLS already active";
@@ -101,10 +123,12 @@ const char *smtp_rules_check(const struct smtp_rules_session *s, enum smtp_verb 
 		return "503 5.5.1 Error: send EHLO or HELO first";
 
 	/* §3.5 require_tls. */
+	*rule = REFUSAL_REQUIRE_TLS;
 	if (s->require_tls && !s->tls_active && !(flags & F_BEFORE_TLS))
 		return "530 5.7.0 Must issue a STARTTLS command first";
 
 	/* §3.6 AUTH table. */
+	*rule = REFUSAL_AUTH;
 	if (verb == VERB_AUTH && !smtp_rules_auth_permitted(s)) {
 		if (!s->tls_active && s->starttls_offered && s->tls_auth)
 			return "530 5.7.0 Must issue a STARTTLS command first";
@@ -113,9 +137,16 @@ const char *smtp_rules_check(const struct smtp_rules_session *s, enum smtp_verb 
 
 	/* CHUNKING is never advertised (§3.4): a BDAT chunk's octets would
 	 * otherwise be read as commands here and as data by the backend. */
+	*rule = REFUSAL_BDAT;
 	if (verb == VERB_BDAT)
 		return "502 5.5.1 Error: BDAT not supported, use DATA";
 	return NULL;
+}
+
+const char *smtp_rules_check(const struct smtp_rules_session *s, enum smtp_verb verb, bool has_args)
+{
+	enum smtp_refusal rule;
+	return smtp_rules_check_rule(s, verb, has_args, &rule);
 }
 
 static bool starts_with_ci(const char *line, size_t len, const char *prefix)

@@ -44,6 +44,28 @@ struct smtp_rules_session {
 	bool needs_ehlo;       /* after STARTTLS, before the next EHLO/HELO */
 };
 
+/* Which rule made a refusal: the label of tlsfront_refusals_total (issue 13).
+ * REFUSAL_LIMIT, REFUSAL_MAX_ERRORS, REFUSAL_LINE_LENGTH, REFUSAL_SYNTAX,
+ * REFUSAL_HTTP and REFUSAL_BARE_NEWLINE are decided by the session machine;
+ * the rest by smtp_rules_check_rule(). */
+enum smtp_refusal {
+	REFUSAL_REQUIRE_TLS = 0, /* §3.5 530 */
+	REFUSAL_AUTH,		 /* §3.6 502/530 to AUTH */
+	REFUSAL_MAX_ERRORS,	 /* §3.2 421 after the Nth error */
+	REFUSAL_LINE_LENGTH,	 /* §3.2 500 line too long */
+	REFUSAL_HTTP,		 /* §3.2 221 to an HTTP-looking line */
+	REFUSAL_BARE_NEWLINE,	 /* §3.7 reject mode 550 */
+	REFUSAL_LIMIT,		 /* §3.1 421 over a connection limit */
+	REFUSAL_XCLIENT,	 /* §3.2 502 to XCLIENT/XFORWARD */
+	REFUSAL_STARTTLS,	 /* §3.5 STARTTLS state rules, EHLO after STARTTLS */
+	REFUSAL_SYNTAX,		 /* §3.2 500 NUL or bare CR in a command line */
+	REFUSAL_BDAT,		 /* BDAT is not relayed (§3.4) */
+	REFUSAL_COUNT
+};
+
+/* "require_tls", "auth", ...: the label value of each rule. */
+const char *smtp_refusal_name(enum smtp_refusal rule);
+
 /* Finds the verb at the start of a command line (without its line end).
  * *has_args is set when anything but spaces follows the verb. */
 enum smtp_verb smtp_verb_parse(const char *line, size_t len, bool *has_args);
@@ -56,6 +78,11 @@ const char *smtp_verb_name(enum smtp_verb verb);
  * HTTP-looking lines are checked separately (smtp_rules_is_http). */
 const char *smtp_rules_check(const struct smtp_rules_session *s, enum smtp_verb verb,
 			     bool has_args);
+
+/* smtp_rules_check(), also naming the rule that refused in *rule (left
+ * alone when the command may go on). */
+const char *smtp_rules_check_rule(const struct smtp_rules_session *s, enum smtp_verb verb,
+				  bool has_args, enum smtp_refusal *rule);
 
 /* True for a command line that looks like HTTP (SPEC §3.2, §7.2). */
 bool smtp_rules_is_http(const char *line, size_t len);

@@ -127,6 +127,8 @@ void app_keep_restart_keys(struct app *next, const struct app *old)
 		  o->inbound.tls.n_listen, "inbound.tls.listen");
 	warn_list(n->outbound.listen, n->outbound.n_listen, o->outbound.listen,
 		  o->outbound.n_listen, "outbound.listen");
+	warn_list(n->metrics.listen, n->metrics.n_listen, o->metrics.listen, o->metrics.n_listen,
+		  "metrics.listen");
 	if (n->workers != o->workers)
 		log_msg(TF_LOG_WARN,
 			"event=reload key=workers note=\"needs a restart; the old value stays\"");

@@ -33,6 +33,8 @@
 #include "proxy/conn_limits.h"
 #include "proxy/listener.h"
 #include "proxy/log.h"
+#include "proxy/metrics.h"
+#include "proxy/metrics_http.h"
 #include "proxy/readiness.h"
 #include "proxy/worker.h"
 
@@ -55,6 +57,9 @@ struct runtime {
 	unsigned ticket_period;	       /* 0: no tickets, the timer is stopped */
 	unsigned ticket_rotations;
 	bool stopping;
+	int metrics_fds[TF_MAX_LISTEN]; /* bound, not yet served; -1 */
+	size_t n_metrics_fds;
+	struct metrics_http *http; /* /metrics and /healthz, or NULL */
 };
 
 static void ticket_rotate(struct runtime *rt, const char *why)
@@ -203,6 +208,46 @@ static void close_bound(struct runtime *rt)
 	free(rt->bound);
 	rt->bound = NULL;
 	rt->n_bound = 0;
+	for (size_t i = 0; i < rt->n_metrics_fds; i++)
+		close(rt->metrics_fds[i]);
+	rt->n_metrics_fds = 0;
+}
+
+/* What /healthz and the certificate expiry gauges show of a generation
+ * (issue 13). */
+static void publish(const struct app *a)
+{
+	metrics_set_backend(&a->backend.ss, (unsigned)a->backend.len, a->backend.text,
+			    a->cfg.backend.connect_timeout);
+	struct metrics_cert certs[TF_MAX_CERTS];
+	unsigned n = a->cfg.tls.n_certs ? (unsigned)a->cfg.tls.n_certs : 1;
+	for (unsigned i = 0; i < n; i++) {
+		snprintf(certs[i].label, sizeof(certs[i].label), "%s",
+			 a->cfg.tls.n_certs ? a->cfg.tls.certs[i].cert : "self-signed");
+		certs[i].not_after = creds_expiry(a->creds, i);
+	}
+	metrics_set_certs(certs, n);
+}
+
+/* The metrics endpoint's sockets (issue 13): bound with the others, before
+ * the privilege drop, served once the workers run. */
+static int bind_metrics(struct runtime *rt, const struct tf_config *cfg, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < cfg->metrics.n_listen; i++) {
+		struct tf_addr addr;
+		if (address_resolve(cfg->metrics.listen[i], true, &addr, err, errlen) < 0)
+			return -1;
+		int fd = listener_bind(&addr, err, errlen);
+		if (fd < 0)
+			return -1;
+		rt->metrics_fds[rt->n_metrics_fds++] = fd;
+		socklen_t len = sizeof(addr.ss);
+		getsockname(fd, (struct sockaddr *)&addr.ss, &len); /* port 0: the one chosen */
+		char text[80];
+		address_format((struct sockaddr *)&addr.ss, text, sizeof(text));
+		log_msg(TF_LOG_INFO, "event=listening listener=metrics address=%s", text);
+	}
+	return 0;
 }
 
 /* A failed reload: the running generation still serves, so the service
@@ -228,6 +273,7 @@ static void reload(struct runtime *rt)
 			"event=reload status=failed error=\"%s\" note=\"the running "
 			"configuration and certificates stay\"",
 			err);
+		metrics_reload(false);
 		reload_failed(rt);
 		return;
 	}
@@ -237,6 +283,7 @@ static void reload(struct runtime *rt)
 			    next->cfg.limits.max_connections_per_ip) < 0) {
 		log_msg(TF_LOG_ERROR, "event=reload status=failed error=\"out of memory\"");
 		app_unref(next);
+		metrics_reload(false);
 		reload_failed(rt);
 		return;
 	}
@@ -256,6 +303,8 @@ static void reload(struct runtime *rt)
 		worker_reload(&rt->workers[i], next);
 	app_unref(rt->app);
 	rt->app = next;
+	publish(next);
+	metrics_reload(true);
 }
 
 static void signal_cb(uv_signal_t *h, int signum)
@@ -268,6 +317,7 @@ static void signal_cb(uv_signal_t *h, int signum)
 	if (rt->stopping)
 		return;
 	rt->stopping = true;
+	metrics_set_ready(false); /* /healthz: 503 while sessions drain */
 	log_msg(TF_LOG_INFO, "event=stopping signal=%s", signum == SIGTERM ? "TERM" : "INT");
 	readiness_stopping();
 	for (unsigned i = 0; i < rt->n_workers; i++)
@@ -349,12 +399,18 @@ static int run(struct runtime *rt)
 	rt->ticket_timer.data = rt;
 	ticket_timer_arm(rt, cfg->tls.session_cache_timeout);
 	rt->n_workers = worker_count(cfg);
+	if (metrics_init(rt->n_workers) < 0) {
+		log_msg(TF_LOG_ERROR, "event=error error=\"out of memory\"");
+		return 1;
+	}
+	publish(rt->app);
 	rt->bound = calloc(3 * TF_MAX_LISTEN, sizeof(*rt->bound));
 	if (!rt->bound)
 		return 1;
 	if (add_listeners(rt, &cfg->inbound.tcp, LISTENER_TCP, err, sizeof(err)) < 0 ||
 	    add_listeners(rt, &cfg->inbound.tls, LISTENER_TLS, err, sizeof(err)) < 0 ||
-	    add_outbound_listeners(rt, cfg, err, sizeof(err)) < 0) {
+	    add_outbound_listeners(rt, cfg, err, sizeof(err)) < 0 ||
+	    bind_metrics(rt, cfg, err, sizeof(err)) < 0) {
 		log_msg(TF_LOG_ERROR, "event=listen_error error=\"%s\"", err);
 		return 1;
 	}
@@ -390,7 +446,18 @@ static int run(struct runtime *rt)
 	free(fds);
 	free(kinds);
 
-	if (started == rt->n_workers) {
+	bool running = started == rt->n_workers;
+	if (running && rt->n_metrics_fds) {
+		rt->http = metrics_http_start(rt->metrics_fds, rt->n_metrics_fds, err, sizeof(err));
+		rt->n_metrics_fds = 0; /* the HTTP side owns them now */
+		if (!rt->http) {
+			log_msg(TF_LOG_ERROR, "event=listen_error listener=metrics error=\"%s\"",
+				err);
+			running = false;
+		}
+	}
+	if (running) {
+		metrics_set_ready(true);
 		char fp[128] = "";
 		creds_fingerprint(rt->app->creds, fp, sizeof(fp));
 		log_msg(TF_LOG_INFO,
@@ -413,13 +480,16 @@ static int run(struct runtime *rt)
 		close_main_handles(rt);
 	}
 	uv_run(loop, UV_RUN_DEFAULT);
+	metrics_set_ready(false);
 	for (unsigned i = 0; i < started; i++)
 		worker_join(&rt->workers[i]);
+	metrics_http_stop(rt->http);
+	rt->http = NULL;
 	uv_loop_close(loop);
 	conn_limits_free();
-	if (started == rt->n_workers)
+	if (running)
 		log_msg(TF_LOG_INFO, "event=stopped");
-	return started == rt->n_workers ? 0 : 1;
+	return running ? 0 : 1;
 }
 
 int main(int argc, char **argv)
@@ -481,6 +551,7 @@ int main(int argc, char **argv)
 		rc = run(&rt);
 	}
 	close_bound(&rt);
+	metrics_free(); /* after every thread that counts has ended */
 	free(rt.workers);
 	app_unref(rt.app);
 	creds_tickets_unref(rt.tickets);

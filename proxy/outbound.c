@@ -28,6 +28,7 @@
 #include "proxy/endpoint.h"
 #include "policy/outbound_policy.h"
 #include "proxy/log.h"
+#include "proxy/metrics.h"
 
 #ifndef SO_ORIGINAL_DST
 #define SO_ORIGINAL_DST 80 /* linux/netfilter_ipv4.h */
@@ -105,6 +106,47 @@ static void log_summary(struct outbound *s)
 		smtp_close_reason_name(s->reason));
 }
 
+/* The worker's own counter block (metrics.h): no lock, no sharing. */
+static struct metrics_block *mblock(const struct outbound *s)
+{
+	return metrics_block(s->life.worker->index);
+}
+
+static void count_handshake_failure(struct outbound *s, enum metrics_hs_failure why)
+{
+	metrics_inc(&mblock(s)->hs_failed[ML_OUTBOUND][why]);
+}
+
+/* The session's outbound TLS outcome, or MO_COUNT when it ended before
+ * one was reached (the peer unreachable, the legacy server gone). */
+static enum metrics_out_tls outcome(const struct outbound *s)
+{
+	if (s->peer_ep.tls && s->peer_ep.tls->established)
+		return s->verified ? MO_VERIFIED : MO_ENCRYPTED;
+	if (s->spliced)
+		return MO_PLAINTEXT;
+	if (s->policy_refused)
+		return MO_REFUSED;
+	return MO_COUNT;
+}
+
+static void count_close(struct outbound *s, enum smtp_close_reason reason)
+{
+	struct metrics_block *b = mblock(s);
+	metrics_inc(&b->ended[ML_OUTBOUND]
+			     [reason > CLOSE_NONE && reason < MR_COUNT ? reason : CLOSE_ERROR]);
+	metrics_add(&b->bytes_in[ML_OUTBOUND], s->bytes_in);
+	metrics_add(&b->bytes_out[ML_OUTBOUND], s->bytes_out);
+	enum metrics_out_tls o = outcome(s);
+	if (o == MO_COUNT)
+		return;
+	metrics_inc(&b->out_sessions[o]);
+	if (s->spliced)
+		metrics_add(&b->out_messages[o], s->machine.messages);
+	if (o == MO_PLAINTEXT && s->fallback)
+		metrics_inc(&b->out_fallbacks);
+}
+
 static void outbound_close(struct outbound *s, enum smtp_close_reason reason)
 {
 	if (s->closing)
@@ -112,6 +154,7 @@ static void outbound_close(struct outbound *s, enum smtp_close_reason reason)
 	s->closing = true;
 	s->reason = reason;
 	log_summary(s);
+	count_close(s, reason);
 	if (s->resolving)
 		uv_cancel((uv_req_t *)&s->gai);
 	close_peers(s);
@@ -225,6 +268,7 @@ static void timer_cb(uv_timer_t *t)
 		return;
 	} else if (s->handshaking) {
 		log_msg(TF_LOG_INFO, "event=tls_timeout id=%s peer=%s", s->id, s->peer_addr);
+		count_handshake_failure(s, MH_TIMEOUT);
 		tls_failed(s, true);
 		return;
 	} else if (s->spliced) {
@@ -258,11 +302,22 @@ static void do_handshake(struct outbound *s)
 	if (rc == TLSIO_ERROR) {
 		log_msg(TF_LOG_INFO, "event=tls_error id=%s peer=%s error=\"%s\"", s->id,
 			s->peer_addr, s->peer_ep.tls->error);
+		enum tlsio_failure f = s->peer_ep.tls->failure;
+		count_handshake_failure(s, f == TLSIO_FAIL_ALERT	 ? MH_ALERT
+					   : f == TLSIO_FAIL_CERTIFICATE ? MH_CERTIFICATE
+					   : f == TLSIO_FAIL_ALPN	 ? MH_ALPN
+									 : MH_PROTOCOL);
+		if (f == TLSIO_FAIL_CERTIFICATE)
+			metrics_inc(&mblock(s)->out_verify[MVR_FAILED]);
 		tls_failed(s, false);
 		return;
 	}
 	s->handshaking = false;
 	s->verified = outbound_policy_verifies(s->app->cfg.outbound.tls);
+	struct metrics_block *b = mblock(s);
+	metrics_inc(&b->out_verify[s->verified ? MVR_OK : MVR_NOT_CHECKED]);
+	metrics_inc(&b->tls[ML_OUTBOUND][metrics_tls_version_of(tls_io_version(s->peer_ep.tls))]
+			   [metrics_cipher_of(tls_io_cipher(s->peer_ep.tls))]);
 	char sni_value[300];
 	log_msg(TF_LOG_INFO, "event=tls id=%s peer=%s tls=%s cipher=%s sni=%s verified=%s", s->id,
 		s->peer_addr, tls_io_version(s->peer_ep.tls), tls_io_cipher(s->peer_ep.tls),
@@ -398,6 +453,7 @@ static void peer_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 		if (s->handshaking) {
 			log_msg(TF_LOG_INFO, "event=tls_error id=%s peer=%s error=\"%s\"", s->id,
 				s->peer_addr, "connection closed during the handshake");
+			count_handshake_failure(s, MH_CLOSED);
 			tls_failed(s, false);
 			return;
 		}
@@ -492,6 +548,12 @@ static bool step_nego(struct outbound *s)
 	if (s->closing)
 		return false;
 	log_nego(s, a);
+	for (unsigned r = 0; r < REFUSAL_COUNT; r++) {
+		metrics_add(&mblock(s)->refused[ML_OUTBOUND][r], a->refused[r]);
+		a->refused[r] = 0; /* counted once */
+	}
+	if (a->close && a->event && strcmp(a->event, "outbound_policy") == 0)
+		s->policy_refused = true; /* §4.3: 421 4.7.0 */
 	bool start_tls = a->start_tls, again = a->reconnect, done = a->done;
 	bool close = a->close;
 	enum smtp_close_reason reason = a->reason;
@@ -538,7 +600,13 @@ static void outbound_step(struct outbound *s)
 		return;
 	if (a->note)
 		log_msg(TF_LOG_INFO, "event=note id=%s note=\"%s\"", s->id, a->note);
+	struct metrics_block *b = mblock(s);
+	for (unsigned r = 0; r < REFUSAL_COUNT; r++) {
+		metrics_add(&b->refused[ML_OUTBOUND][r], a->refused[r]);
+		a->refused[r] = 0; /* counted once */
+	}
 	if (s->machine.messages != s->logged_messages) {
+		metrics_add(&b->messages[ML_OUTBOUND], s->machine.messages - s->logged_messages);
 		s->logged_messages = s->machine.messages;
 		log_msg(TF_LOG_INFO, "event=delivered id=%s peer=%s tls=%s message=%u", s->id,
 			s->peer_addr, tls_io_version(s->peer_ep.tls), s->machine.messages);
@@ -796,8 +864,11 @@ void outbound_accept(struct listener *l)
 	address_format((struct sockaddr *)&s->legacy_ss, s->legacy_addr, sizeof(s->legacy_addr));
 	log_msg(TF_LOG_DEBUG, "event=connect id=%s listener=outbound client=%s", s->id,
 		s->legacy_addr);
+	/* A session from here on: it will end in outbound_close(). */
+	metrics_inc(&mblock(s)->started[ML_OUTBOUND]);
 	s->admitted = conn_limits_admit((struct sockaddr *)&s->legacy_ss);
 	if (!s->admitted) {
+		metrics_inc(&mblock(s)->refused[ML_OUTBOUND][REFUSAL_LIMIT]);
 		log_msg(TF_LOG_INFO, "event=limit id=%s client=%s", s->id, s->legacy_addr);
 		outbound_nego_limit(&s->nego);
 		outbound_step(s);

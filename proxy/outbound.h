@@ -74,6 +74,7 @@ struct outbound {
 	bool fallback;
 	bool retrying; /* the plaintext retry of "negotiated" is under way */
 	bool verified;
+	bool policy_refused; /* §4.3: the peer did not meet outbound.tls */
 	bool admitted;
 	bool resolving; /* gai pending */
 	enum smtp_close_reason reason;

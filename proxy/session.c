@@ -24,6 +24,7 @@
 #include "proxy/conn_limits.h"
 #include "proxy/endpoint.h"
 #include "proxy/log.h"
+#include "proxy/metrics.h"
 #include "proxy/proxy_protocol.h"
 
 #define SESSION_MAX_IN_FLIGHT (256 * 1024)
@@ -48,6 +49,38 @@ static uv_stream_t *client_stream(struct session *s)
 static uv_stream_t *backend_stream(struct session *s)
 {
 	return (uv_stream_t *)&s->backend;
+}
+
+/* ---- metrics ----------------------------------------------------------- */
+
+/* The worker's own counter block (metrics.h): no lock, no sharing. */
+static struct metrics_block *mblock(const struct session *s)
+{
+	return metrics_block(s->life.worker->index);
+}
+
+static enum metrics_listener mlistener(const struct session *s)
+{
+	return s->kind == LISTENER_TLS ? ML_TLS : ML_TCP;
+}
+
+static void count_handshake_failure(struct session *s, enum metrics_hs_failure why)
+{
+	metrics_inc(&mblock(s)->hs_failed[mlistener(s)][why]);
+}
+
+static enum metrics_hs_failure failure_of(const struct tls_io *t)
+{
+	switch (t->failure) {
+	case TLSIO_FAIL_ALERT:
+		return MH_ALERT;
+	case TLSIO_FAIL_ALPN:
+		return MH_ALPN;
+	case TLSIO_FAIL_CERTIFICATE:
+		return MH_CERTIFICATE;
+	default:
+		return MH_PROTOCOL;
+	}
 }
 
 /* ---- closing ----------------------------------------------------------- */
@@ -111,6 +144,11 @@ void session_close(struct session *s, enum smtp_close_reason reason)
 	s->closing = true;
 	s->reason = reason;
 	log_summary(s);
+	struct metrics_block *b = mblock(s);
+	enum metrics_listener l = mlistener(s);
+	metrics_inc(&b->ended[l][reason > CLOSE_NONE && reason < MR_COUNT ? reason : CLOSE_ERROR]);
+	metrics_add(&b->bytes_in[l], s->bytes_in);
+	metrics_add(&b->bytes_out[l], s->bytes_out);
 
 	close_backend(s);
 	if (!conn_life_begin_close(&s->life))
@@ -201,12 +239,14 @@ static void timer_cb(uv_timer_t *t)
 	}
 	if (s->handshaking) {
 		log_msg(TF_LOG_INFO, "event=tls_timeout id=%s client=%s", s->id, s->client_addr);
+		count_handshake_failure(s, MH_TIMEOUT);
 		session_close(s, CLOSE_TIMEOUT);
 		return;
 	}
 	if (!s->backend_connected) {
 		log_msg(TF_LOG_WARN, "event=backend_timeout id=%s backend=%s", s->id,
 			s->app->backend.text);
+		metrics_inc(&mblock(s)->backend_failed[mlistener(s)]);
 		smtp_machine_backend_unavailable(&s->machine);
 	} else {
 		smtp_machine_timeout(&s->machine);
@@ -245,10 +285,16 @@ static void do_handshake(struct session *s)
 	if (rc == TLSIO_ERROR) {
 		log_msg(TF_LOG_INFO, "event=tls_error id=%s client=%s error=\"%s\"", s->id,
 			s->client_addr, s->client_ep.tls->error);
+		count_handshake_failure(s, failure_of(s->client_ep.tls));
 		session_close(s, CLOSE_TLS_ERROR);
 		return;
 	}
 	s->handshaking = false;
+	struct metrics_block *b = mblock(s);
+	metrics_inc(&b->tls[mlistener(s)][metrics_tls_version_of(tls_io_version(s->client_ep.tls))]
+			   [metrics_cipher_of(tls_io_cipher(s->client_ep.tls))]);
+	if (tls_io_resumed(s->client_ep.tls))
+		metrics_inc(&b->resumed[mlistener(s)]);
 	char sni[300] = "none", sni_value[310];
 	tls_io_sni(s->client_ep.tls, sni, sizeof(sni));
 	log_msg(TF_LOG_INFO, "event=tls id=%s tls=%s cipher=%s sni=%s resumed=%s", s->id,
@@ -355,6 +401,8 @@ static void client_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	if (s->closing || nread == 0)
 		return;
 	if (nread < 0) {
+		if (s->handshaking)
+			count_handshake_failure(s, MH_CLOSED);
 		session_close(s, s->handshaking	     ? CLOSE_TLS_ERROR
 				 : s->awaiting_proxy ? CLOSE_ERROR
 						     : CLOSE_CLIENT_CLOSED);
@@ -400,6 +448,12 @@ static void session_step(struct session *s)
 	size_t len;
 	char *data;
 
+	struct metrics_block *b = mblock(s);
+	for (unsigned r = 0; r < REFUSAL_COUNT; r++) {
+		metrics_add(&b->refused[mlistener(s)][r], a->refused[r]);
+		a->refused[r] = 0; /* counted once, whatever happens next */
+	}
+
 	if (a->drop_backend && !s->backend_gone) {
 		s->backend_gone = true;
 		close_backend(s);
@@ -435,6 +489,7 @@ static void session_step(struct session *s)
 		log_msg(TF_LOG_INFO, "event=note id=%s note=\"%s\"", s->id, a->note);
 	}
 	if (s->machine.messages != s->logged_messages) {
+		metrics_add(&b->messages[mlistener(s)], s->machine.messages - s->logged_messages);
 		s->logged_messages = s->machine.messages;
 		log_msg(TF_LOG_INFO, "event=delivered id=%s client=%s tls=%s message=%u", s->id,
 			s->client_addr, tls_io_version(s->client_ep.tls), s->machine.messages);
@@ -450,8 +505,10 @@ static void session_step(struct session *s)
 		session_close(s, reason);
 		return;
 	}
-	if (start_tls)
+	if (start_tls) {
+		metrics_inc(&b->starttls[mlistener(s)]);
 		begin_tls(s);
+	}
 	update_reads(s);
 	/* Records GnuTLS already holds get no socket event: drain them. */
 	if (s->client_ep.tls && s->client_ep.tls->established && client_wanted(s) &&
@@ -469,12 +526,15 @@ static void connect_cb(uv_connect_t *req, int status)
 	if (status < 0) {
 		log_msg(TF_LOG_WARN, "event=backend_unavailable id=%s backend=%s error=\"%s\"",
 			s->id, s->app->backend.text, uv_strerror(status));
+		metrics_inc(&mblock(s)->backend_failed[mlistener(s)]);
 		s->backend_gone = true;
 		smtp_machine_backend_unavailable(&s->machine);
 		session_step(s);
 		return;
 	}
 	s->backend_connected = true;
+	uint64_t now = uv_hrtime();
+	metrics_backend_connected(mblock(s), now - s->connect_started, now);
 	if (!s->app->backend.is_unix)
 		uv_tcp_nodelay(&s->backend.tcp, 1);
 	if (!send_proxy_header(s))
@@ -486,6 +546,7 @@ static void connect_cb(uv_connect_t *req, int status)
 static int backend_connect(struct session *s)
 {
 	const struct tf_addr *a = &s->app->backend;
+	s->connect_started = uv_hrtime();
 	uv_loop_t *loop = &s->life.worker->loop;
 	s->connect_req.data = s;
 	if (a->is_unix) {
@@ -554,6 +615,7 @@ static void start_backend(struct session *s)
 	if (rc != 0) {
 		log_msg(TF_LOG_WARN, "event=backend_unavailable id=%s backend=%s error=\"%s\"",
 			s->id, s->app->backend.text, uv_strerror(rc));
+		metrics_inc(&mblock(s)->backend_failed[mlistener(s)]);
 		s->backend_gone = true;
 		smtp_machine_backend_unavailable(&s->machine);
 		session_step(s);
@@ -700,6 +762,8 @@ void session_accept(struct listener *l)
 		conn_life_close_now(&s->life);
 		return;
 	}
+	/* A session from here on: it will end in session_close(). */
+	metrics_inc(&mblock(s)->started[mlistener(s)]);
 
 	const struct tf_listener_config *lc =
 	    l->kind == LISTENER_TLS ? &s->app->cfg.inbound.tls : &s->app->cfg.inbound.tcp;
@@ -710,6 +774,7 @@ void session_accept(struct listener *l)
 		 * header, and it can try another instance. */
 		s->held = conn_limits_hold();
 		if (!s->held) {
+			metrics_inc(&mblock(s)->refused[mlistener(s)][REFUSAL_LIMIT]);
 			log_msg(TF_LOG_INFO, "event=limit id=%s balancer=%s", s->id,
 				s->client_addr);
 			session_close(s, CLOSE_LIMIT);

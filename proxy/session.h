@@ -69,6 +69,7 @@ struct session {
 	unsigned char pp_buf[PP_HEADER_MAX];
 	size_t pp_len;
 	uint64_t bytes_in, bytes_out;
+	uint64_t connect_started; /* uv_hrtime() of the backend connect */
 	unsigned logged_messages; /* messages already logged as delivered */
 };
 

@@ -111,6 +111,14 @@ int tls_io_handshake(struct tls_io *t)
 	/* Tell the client why (no_application_protocol for the ALPN rule of
 	 * SPEC §5, handshake_failure, ...): GnuTLS does not send it itself. */
 	gnutls_alert_send_appropriate(t->session, rc);
+	if (rc == GNUTLS_E_FATAL_ALERT_RECEIVED)
+		t->failure = TLSIO_FAIL_ALERT;
+	else if (rc == GNUTLS_E_NO_APPLICATION_PROTOCOL)
+		t->failure = TLSIO_FAIL_ALPN;
+	else if (rc == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR || rc == GNUTLS_E_CERTIFICATE_ERROR)
+		t->failure = TLSIO_FAIL_CERTIFICATE;
+	else
+		t->failure = TLSIO_FAIL_PROTOCOL;
 	return fail(t, rc);
 }
 

@@ -23,6 +23,15 @@
 
 enum { TLSIO_OK = 0, TLSIO_AGAIN = -1, TLSIO_EOF = -2, TLSIO_ERROR = -3 };
 
+/* Why a handshake failed, for the metrics (issue 13). */
+enum tlsio_failure {
+	TLSIO_FAIL_NONE = 0,
+	TLSIO_FAIL_ALERT,	/* the other side sent a fatal alert */
+	TLSIO_FAIL_PROTOCOL,	/* any other error */
+	TLSIO_FAIL_ALPN,	/* no common application protocol (SPEC §5) */
+	TLSIO_FAIL_CERTIFICATE, /* the peer's certificate did not verify */
+};
+
 struct tls_io {
 	gnutls_session_t session;
 	struct buf in;		    /* ciphertext received, not yet pulled */
@@ -31,6 +40,7 @@ struct tls_io {
 	bool established;	    /* handshake complete */
 	bool renegotiation_refused; /* a client asked for renegotiation */
 	char error[128];	    /* why the last TLSIO_ERROR happened */
+	enum tlsio_failure failure; /* set when tls_io_handshake() fails */
 };
 
 int tls_io_init(struct tls_io *t, struct creds *creds);

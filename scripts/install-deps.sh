@@ -5,14 +5,16 @@
 # the whole truth: swaks needs libnet-ssleay-perl for --tls, and clang's
 # sanitizer and libFuzzer runtime lives in libclang-rt-14-dev. The systemd
 # unit's test runs systemd-analyze (systemd), which wants the unit's
-# ExecReload=/bin/kill to exist (procps).
+# ExecReload=/bin/kill to exist (procps). The metrics endpoint is served
+# by libmicrohttpd; its test scrapes with a real prometheus.
 set -eu
 PKGS="build-essential meson ninja-build pkg-config
       libgnutls28-dev libuv1-dev libconfig-dev libcmocka-dev
       gnutls-bin openssl swaks python3 python3-pytest python3-aiosmtpd
       clang clang-format postfix haproxy iptables iproute2 binutils strace
       testssl.sh python3-cryptography
-      libnet-ssleay-perl libclang-rt-14-dev mandoc libsystemd-dev systemd procps"
+      libnet-ssleay-perl libclang-rt-14-dev mandoc libsystemd-dev systemd procps
+      libmicrohttpd-dev prometheus"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

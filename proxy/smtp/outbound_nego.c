@@ -45,6 +45,7 @@ void outbound_nego_clear_actions(struct outbound_nego *n)
 	n->act.discarded = 0;
 	n->act.note = NULL;
 	n->act.event = NULL;
+	memset(n->act.refused, 0, sizeof(n->act.refused));
 	/* done, close and reason stay. */
 }
 
@@ -169,12 +170,14 @@ static void legacy_hello(struct outbound_nego *n, bool helo, const char *line, s
 static void legacy_line(struct outbound_nego *n, const char *line, size_t len)
 {
 	if (memchr(line, '\0', len) || memchr(line, '\r', len)) {
+		n->act.refused[REFUSAL_SYNTAX]++;
 		reply_line(n, R_LINE_BAD);
 		return;
 	}
 	bool has_args;
 	enum smtp_verb verb = smtp_verb_parse(line, len, &has_args);
 	if (verb != VERB_XCLIENT && verb != VERB_XFORWARD && smtp_rules_is_http(line, len)) {
+		n->act.refused[REFUSAL_HTTP]++;
 		reply_line(n, R_HTTP);
 		n->act.note = "HTTP request line from legacy server";
 		close_nego(n, CLOSE_POLICY);
@@ -194,6 +197,7 @@ static void legacy_line(struct outbound_nego *n, const char *line, size_t len)
 		break;
 	case VERB_XCLIENT:
 	case VERB_XFORWARD:
+		n->act.refused[REFUSAL_XCLIENT]++;
 		reply_line(n, R_XCLIENT);
 		break;
 	default:
@@ -208,18 +212,22 @@ static void process_legacy(struct outbound_nego *n)
 	while (n->state == NEGO_HELLO) {
 		char *lf = n->held.len ? memchr(n->held.data, '\n', n->held.len) : NULL;
 		if (!lf) {
-			if (n->held.len >= n->cfg.line_length)
+			if (n->held.len >= n->cfg.line_length) {
+				n->act.refused[REFUSAL_LINE_LENGTH]++;
 				say_and_close(n, "500 5.5.2", "Error: line too long", CLOSE_POLICY);
+			}
 			return;
 		}
 		size_t len = (size_t)(lf - n->held.data);
 		size_t consumed = len + 1;
 		if (len && n->held.data[len - 1] == '\r')
 			len--;
-		if (len + 2 > n->cfg.line_length)
+		if (len + 2 > n->cfg.line_length) {
+			n->act.refused[REFUSAL_LINE_LENGTH]++;
 			reply_line(n, "500 5.5.2 Error: line too long");
-		else
+		} else {
 			legacy_line(n, n->held.data, len);
+		}
 		if (n->state == NEGO_CLOSED)
 			return;
 		buf_consume(&n->held, consumed);

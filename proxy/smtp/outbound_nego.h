@@ -53,6 +53,9 @@ struct nego_actions {
 	size_t discarded;  /* peer bytes after the 220 to STARTTLS, dropped */
 	const char *note;  /* a static text worth a log line, or NULL */
 	const char *event; /* a log event name for note ("no_starttls", ...), or NULL */
+	/* Refusals of the legacy server's lines since the last clear, by rule
+	 * (smtp_rules.h), for the proxy's metrics. */
+	unsigned refused[REFUSAL_COUNT];
 };
 
 struct nego_config {

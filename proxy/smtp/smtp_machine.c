@@ -65,6 +65,7 @@ void smtp_machine_clear_actions(struct smtp_machine *m)
 	m->act.note = NULL;
 	m->act.config_error = false;
 	m->act.note_reply[0] = '\0';
+	memset(m->act.refused, 0, sizeof(m->act.refused));
 	/* close and reason stay: a closed machine stays closed. */
 }
 
@@ -204,6 +205,8 @@ static void out_of_memory(struct smtp_machine *m)
 static void count_error(struct smtp_machine *m)
 {
 	m->errors++;
+	if (m->cfg.max_errors && m->errors >= m->cfg.max_errors && m->phase != PHASE_CLOSED)
+		m->act.refused[REFUSAL_MAX_ERRORS]++;
 	if (m->cfg.max_errors && m->errors >= m->cfg.max_errors)
 		say_and_close(m, "421 4.7.0", "Error: too many errors", CLOSE_POLICY);
 }
@@ -283,6 +286,7 @@ static void cancel_auth(struct smtp_machine *m, const char *reply)
  * client's next command would be taken as SASL data. */
 static void line_too_long(struct smtp_machine *m)
 {
+	m->act.refused[REFUSAL_LINE_LENGTH]++;
 	if (m->phase == PHASE_AUTH)
 		cancel_auth(m, R_LINE_LONG);
 	else
@@ -292,6 +296,7 @@ static void line_too_long(struct smtp_machine *m)
 static void handle_auth_line(struct smtp_machine *m, const char *line, size_t len)
 {
 	if (!line_is_clean(line, len)) {
+		m->act.refused[REFUSAL_SYNTAX]++;
 		cancel_auth(m, R_LINE_BAD);
 		return;
 	}
@@ -306,6 +311,7 @@ static void handle_auth_line(struct smtp_machine *m, const char *line, size_t le
 static void handle_command(struct smtp_machine *m, const char *line, size_t len)
 {
 	if (!line_is_clean(line, len)) {
+		m->act.refused[REFUSAL_SYNTAX]++;
 		queue_local(m, R_LINE_BAD);
 		return;
 	}
@@ -315,14 +321,17 @@ static void handle_command(struct smtp_machine *m, const char *line, size_t len)
 	/* §3.2 order: XCLIENT/XFORWARD first, then HTTP, then the rest. */
 	if (verb != VERB_XCLIENT && verb != VERB_XFORWARD && smtp_rules_is_http(line, len)) {
 		/* Cross-protocol attack (ALPACA): answer at once and go. */
+		m->act.refused[REFUSAL_HTTP]++;
 		to_client(m, R_HTTP, sizeof(R_HTTP) - 1);
 		to_client(m, "\r\n", 2);
 		m->act.note = "HTTP request line from client";
 		close_session(m, CLOSE_POLICY);
 		return;
 	}
-	const char *refusal = smtp_rules_check(&m->rules, verb, has_args);
+	enum smtp_refusal rule;
+	const char *refusal = smtp_rules_check_rule(&m->rules, verb, has_args, &rule);
 	if (refusal) {
+		m->act.refused[rule]++;
 		queue_local(m, refusal);
 		return;
 	}
@@ -436,6 +445,7 @@ static void process_data(struct smtp_machine *m)
 		/* §3.7 reject: the backend must never see an end of data. */
 		buf_free(&m->act.to_backend);
 		m->act.drop_backend = true;
+		m->act.refused[REFUSAL_BARE_NEWLINE]++;
 		m->act.note = "bare CR or LF in message content: backend dropped";
 		m->phase = PHASE_REJECT_DRAIN;
 		draining = true;
@@ -760,6 +770,7 @@ void smtp_machine_limit(struct smtp_machine *m)
 {
 	if (m->phase == PHASE_CLOSED)
 		return;
+	m->act.refused[REFUSAL_LIMIT]++;
 	say_and_close(m, "421 4.7.0", "Error: too many connections, try again later", CLOSE_LIMIT);
 }
 

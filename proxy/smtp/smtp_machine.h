@@ -75,6 +75,9 @@ struct smtp_actions {
 	 * none) for the operator. */
 	bool config_error;
 	char note_reply[SMTP_NOTE_REPLY_MAX];
+	/* Refusals decided since the last clear, by rule (smtp_rules.h), for
+	 * the proxy's metrics: counted when the machine decides to refuse. */
+	unsigned refused[REFUSAL_COUNT];
 };
 
 struct smtp_machine_config {

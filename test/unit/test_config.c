@@ -599,6 +599,33 @@ static void test_s2_listen_port_zero_is_any_free_port(void **state)
 	expect_error("outbound = { next_hop = \"h:0\"; #<\n};\n", "outbound.next_hop", NULL);
 }
 
+/* Issue 13: metrics = { listen = [...]; }; absent or empty: no endpoint. */
+static void test_i13_metrics_listen(void **state)
+{
+	(void)state;
+	struct tf_config cfg;
+	load_ok("backend = { address = \"127.0.0.1:2525\"; };\n", &cfg);
+	assert_int_equal(cfg.metrics.n_listen, 0);
+	assert_null(cfg.metrics.listen[0]);
+	config_free(&cfg);
+	load_ok("metrics = { listen = [ \"127.0.0.1:9465\", \"[::1]:0\" ]; };\n", &cfg);
+	assert_int_equal(cfg.metrics.n_listen, 2);
+	assert_string_equal(cfg.metrics.listen[0], "127.0.0.1:9465");
+	assert_string_equal(cfg.metrics.listen[1], "[::1]:0");
+	config_free(&cfg);
+	load_ok("metrics = { listen = [ ]; };\n", &cfg);
+	assert_int_equal(cfg.metrics.n_listen, 0);
+	config_free(&cfg);
+	static const struct bad_case cases[] = {
+	    {"metrics = { listen = [ \"127.0.0.1\" ]; #<\n};\n", "metrics.listen[0]", "IPv4:port"},
+	    {"metrics = { listen = \"127.0.0.1:9465\"; #<\n};\n", "metrics.listen",
+	     "expected an array"},
+	    {"metrics = { port = 9465; #<\n};\n", "metrics.port", NULL},
+	    {"workers = 1;\nmetrics = 9465; #<\n", "metrics", NULL},
+	};
+	expect_errors(cases, COUNT(cases));
+}
+
 static void test_s2_malformed_address_is_error(void **state)
 {
 	(void)state;
@@ -1008,6 +1035,7 @@ int main(void)
 	    cmocka_unit_test(test_ocsp_per_certificate_and_its_line),
 	    cmocka_unit_test(test_s2_bad_enum_is_error),
 	    cmocka_unit_test(test_s2_malformed_address_is_error),
+	    cmocka_unit_test(test_i13_metrics_listen),
 	    cmocka_unit_test(test_s2_parse_error_has_file_and_line),
 	    cmocka_unit_test(test_s2_unreadable_file_is_error),
 	    cmocka_unit_test(test_s2_require_tls_without_starttls_is_error_at_later_key),
