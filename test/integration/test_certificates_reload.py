@@ -405,6 +405,8 @@ def test_s5_reload_restart_keys_warn_and_keep_old_value(tlsfront_factory, aiosmt
     tls_port = free_port()
     tf = start_front(tlsfront_factory, aiosmtpd_backend.port, pairs=[certs["a"]],
                      tls_port=tls_port, tls_enabled=False)
+    # event=listening comes before the workers start; event=started after.
+    tf.wait_event("started")
     threads_before = len(os.listdir("/proc/%d/task" % tf.pid))
     new_port = free_port()
     change = {"inbound.tcp.listen": {"port": new_port}, "workers": {"workers": 2},
