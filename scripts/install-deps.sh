@@ -12,6 +12,7 @@ PKGS="build-essential meson ninja-build pkg-config
       libgnutls28-dev libuv1-dev libconfig-dev libcmocka-dev
       gnutls-bin openssl swaks python3 python3-pytest python3-aiosmtpd
       clang clang-format postfix haproxy iptables iproute2 binutils strace
+      podman mmdebstrap python3-yaml
       testssl.sh python3-cryptography
       libnet-ssleay-perl libclang-rt-14-dev mandoc libsystemd-dev systemd procps
       libmicrohttpd-dev prometheus"
