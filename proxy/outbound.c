@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
@@ -821,12 +822,12 @@ static void machine_config(const struct app *app, struct smtp_machine_config *mc
 	mc->server_name = cfg->server_name;
 }
 
-void outbound_accept(struct listener *l)
+void outbound_accept(struct listener *l, int fd)
 {
 	struct worker *w = l->worker;
 	struct outbound *s = calloc(1, sizeof(*s));
 	if (!s) {
-		worker_drop_connection(l);
+		worker_drop_connection(l, fd);
 		return;
 	}
 	conn_life_init(&s->life, w, timer_cb, free_outbound);
@@ -850,7 +851,8 @@ void outbound_accept(struct listener *l)
 	machine_config(s->app, &mc);
 	smtp_machine_init(&s->machine, &mc);
 
-	if (uv_accept((uv_stream_t *)&l->handle, legacy_stream(s)) != 0) {
+	if (uv_tcp_open(&s->life.accepted, fd) != 0) {
+		close(fd);
 		s->closing = true;
 		conn_life_close_now(&s->life);
 		return;

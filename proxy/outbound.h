@@ -90,8 +90,9 @@ struct outbound {
 	unsigned logged_messages;
 };
 
-/* Accepts a connection on the outbound listener and starts a session. */
-void outbound_accept(struct listener *l);
+/* Starts an outbound session on fd, a connection accepted on the outbound
+ * listener (the session owns fd from here on). */
+void outbound_accept(struct listener *l, int fd);
 
 /* Shutdown grace period over: 421 4.3.2 and close (SPEC §6). */
 void outbound_shutdown(struct outbound *s);

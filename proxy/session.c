@@ -20,6 +20,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/un.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "proxy/conn_limits.h"
 #include "proxy/endpoint.h"
@@ -112,6 +114,23 @@ static void close_backend(struct session *s)
 		conn_life_close_handle((uv_handle_t *)&s->backend);
 }
 
+/* The backend closed or failed (§3.2: the client gets 421 4.3.0 at once).
+ * During the client's STARTTLS handshake that reply could not reach it:
+ * nothing plaintext may cross the handshake, so the client would only see
+ * its connection drop mid-handshake. The machine then hears of it when the
+ * handshake is done, and the 421 goes out over TLS (a handshake failure or
+ * timeout closes the session anyway). Found by test_soak.py. */
+static void backend_lost(struct session *s)
+{
+	s->backend_gone = true;
+	close_backend(s);
+	if (s->handshaking) {
+		s->backend_lost_in_handshake = true;
+		return;
+	}
+	smtp_machine_backend_closed(&s->machine);
+}
+
 static void log_summary(struct session *s)
 {
 	char sni[300] = "none", sni_value[310];
@@ -177,12 +196,10 @@ static void write_done(void *owner, uv_stream_t *st, int status)
 	if (s->closing)
 		return;
 	if (status < 0) {
-		if (st == client_stream(s)) {
+		if (st == client_stream(s))
 			session_close(s, CLOSE_CLIENT_CLOSED);
-		} else {
-			s->backend_gone = true;
-			smtp_machine_backend_closed(&s->machine);
-		}
+		else
+			backend_lost(s);
 	}
 	session_step(s);
 }
@@ -193,12 +210,10 @@ static void write_failed(struct session *s, uv_stream_t *st, int rc)
 	if (rc == UV_ENOMEM) {
 		session_close(s, CLOSE_ERROR);
 	} else if (rc != 0) {
-		if (st == client_stream(s)) {
+		if (st == client_stream(s))
 			session_close(s, CLOSE_CLIENT_CLOSED);
-		} else {
-			s->backend_gone = true;
-			smtp_machine_backend_closed(&s->machine);
-		}
+		else
+			backend_lost(s);
 	}
 }
 
@@ -309,6 +324,8 @@ static void do_handshake(struct session *s)
 	}
 	conn_life_arm(&s->life, s->app->cfg.limits.idle_timeout);
 	smtp_machine_tls_established(&s->machine);
+	if (s->backend_lost_in_handshake)
+		smtp_machine_backend_closed(&s->machine);
 	session_step(s);
 	pump_tls(s);
 }
@@ -420,9 +437,7 @@ static void backend_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	if (s->closing || nread == 0)
 		return;
 	if (nread < 0) {
-		s->backend_gone = true;
-		close_backend(s);
-		smtp_machine_backend_closed(&s->machine);
+		backend_lost(s);
 	} else {
 		smtp_machine_feed_backend(&s->machine, b->base, (size_t)nread);
 	}
@@ -729,13 +744,36 @@ static void read_proxy_header(struct session *s, const char *p, size_t n)
 		client_bytes(s, p + take, n - take);
 }
 
-void session_accept(struct listener *l)
+void session_refuse_fd(struct listener *l, int fd)
+{
+	const struct app *app = l->worker->app;
+	/* On the TLS port the client could not read a plaintext reply; a
+	 * balancer (PROXY protocol) gets none either (as for max_connections). */
+	if (l->kind == LISTENER_TLS ||
+	    (l->kind == LISTENER_TCP && app->cfg.inbound.tcp.proxy_protocol))
+		return;
+	struct smtp_machine_config mc;
+	machine_config(app, l->kind, &mc);
+	struct smtp_machine m;
+	smtp_machine_init(&m, &mc);
+	smtp_machine_limit(&m); /* the reply of max_connections: 421 4.7.0 */
+	size_t len;
+	char *reply = buf_take(&m.act.to_client, &len);
+	/* A fresh socket takes a short reply at once; one that would not is
+	 * closed without it. */
+	if (reply && len)
+		(void)!send(fd, reply, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	free(reply);
+	smtp_machine_free(&m);
+}
+
+void session_accept(struct listener *l, int fd)
 {
 	struct worker *w = l->worker;
 	struct session *s = calloc(1, sizeof(*s));
 	if (!s) {
 		/* Accept and drop: the client retries. */
-		worker_drop_connection(l);
+		worker_drop_connection(l, fd);
 		return;
 	}
 	conn_life_init(&s->life, w, timer_cb, free_session);
@@ -751,7 +789,8 @@ void session_accept(struct listener *l)
 	w->sessions = s;
 	snprintf(s->client_addr, sizeof(s->client_addr), "unknown");
 
-	if (uv_accept((uv_stream_t *)&l->handle, client_stream(s)) != 0) {
+	if (uv_tcp_open(&s->life.accepted, fd) != 0) {
+		close(fd);
 		s->closing = true; /* nothing to log: no connection came */
 		conn_life_close_now(&s->life);
 		return;

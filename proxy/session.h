@@ -55,8 +55,9 @@ struct session {
 
 	bool backend_open; /* the backend handle was initialised */
 	bool backend_connected;
-	bool backend_gone; /* closed, failed, or dropped */
-	bool handshaking;  /* client TLS handshake in progress */
+	bool backend_gone;		/* closed, failed, or dropped */
+	bool handshaking;		/* client TLS handshake in progress */
+	bool backend_lost_in_handshake; /* told to the machine after the handshake */
 	bool closing;
 	enum smtp_close_reason reason;
 
@@ -73,8 +74,15 @@ struct session {
 	unsigned logged_messages; /* messages already logged as delivered */
 };
 
-/* Accepts a connection from the listener and starts a session. */
-void session_accept(struct listener *l);
+/* Starts a session on fd, a connection accepted on the listener (the
+ * session owns fd from here on). */
+void session_accept(struct listener *l, int fd);
+
+/* fd, accepted on the listener when the process has no descriptor left for
+ * a session: tells the client 421 4.7.0 where it can read it (a plaintext
+ * listener without PROXY protocol, the outbound listener), without waiting
+ * and without a session. The caller closes fd. */
+void session_refuse_fd(struct listener *l, int fd);
 
 /* Ends a session for a reason the proxy sees (client gone, TLS error). */
 void session_close(struct session *s, enum smtp_close_reason reason);

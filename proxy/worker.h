@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "proxy/app.h"
@@ -19,11 +20,15 @@
 
 enum listener_kind { LISTENER_TCP = 0, LISTENER_TLS, LISTENER_OUTBOUND };
 
+/* A listening socket of one worker. tlsfront accepts by itself (worker.c,
+ * "Accepting") instead of with uv_listen: poll watches the socket, pause
+ * holds accepting back for a moment when descriptors run out. */
 struct listener {
-	uv_tcp_t handle;
+	uv_poll_t poll;
+	uv_timer_t pause;
 	struct worker *worker;
 	enum listener_kind kind;
-	int fd; /* bound and listening, made by main */
+	int fd; /* bound and listening, made by main; closed when the worker stops */
 };
 
 struct session;
@@ -44,6 +49,10 @@ struct worker {
 	struct outbound *outbounds; /* intrusive list of live outbound sessions */
 	unsigned n_sessions;
 	bool stopping;
+	int reserve_fd;	       /* held for the one accept that refuses at EMFILE; -1: lost */
+	unsigned fd_refused;   /* connections refused at EMFILE since the last log line */
+	unsigned fd_pauses;    /* pauses of accepting (no reserve) since then */
+	uint64_t fd_logged_ms; /* loop time of that line */
 	pthread_t thread;
 	char read_buf[WORKER_READ_BUF];	 /* libuv reads land here */
 	char plain_buf[WORKER_READ_BUF]; /* decrypted TLS records */
@@ -61,9 +70,9 @@ void worker_stop(struct worker *w);
 /* Waits for the thread to end and releases the loop. */
 void worker_join(struct worker *w);
 
-/* Accepts and closes one pending connection without allocating (out of
- * memory for a session). */
-void worker_drop_connection(struct listener *l);
+/* Closes an accepted connection for which there is no memory for a
+ * session. Nothing here may allocate. */
+void worker_drop_connection(struct listener *l, int fd);
 
 /* Called by a session when it is gone: the worker may now finish. */
 void worker_session_ended(struct worker *w);
