@@ -382,7 +382,8 @@ log = {{ level = "debug"; }};
 tls = {{ priority = "NORMAL"; handshake_timeout = 5; {certs} }};
 """
         tf = tlsfront_factory(config_text=text)
-        tf.wait_event("listening")
+        # event=started follows every listener's event=listening line.
+        tf.wait_event("started")
         assert "listener=outbound address=127.0.0.1:%d" % out_port in tf.log_text()
         return Outbound(tf, out_port, tls_port or None)
 

@@ -526,7 +526,7 @@ def test_soak_outbound_peer_killed_and_sighup(tlsfront_factory, killable, tmp_pa
     out_port = tfhelpers.free_port()
     OUT_DEAD_PORT[0] = tfhelpers.free_port()
     tf = tlsfront_factory(config_text=outbound_config(peer.port, out_port, False))
-    tf.wait_event("listening")
+    tf.wait_event("started")  # after every listener is bound
     warm_up(out_port, starttls=False)
     received_warm = len(peer.received())
     tls_before = len(tf.events("tls"))
