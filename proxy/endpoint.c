@@ -13,6 +13,12 @@ int endpoint_write(struct endpoint *e, char *data, size_t len, void *owner, stre
 	return stream_write(e->stream, data, len, &e->inflight, owner, done);
 }
 
+int endpoint_write_pooled(struct endpoint *e, char *data, size_t len, size_t cap,
+			  struct chunk_pool *pool, void *owner, stream_write_done done)
+{
+	return stream_write_pooled(e->stream, data, len, cap, pool, &e->inflight, owner, done);
+}
+
 int endpoint_flush_tls(struct endpoint *e, void *owner, stream_write_done done)
 {
 	size_t len;

@@ -50,6 +50,11 @@ struct endpoint {
  * called then). */
 int endpoint_write(struct endpoint *e, char *data, size_t len, void *owner, stream_write_done done);
 
+/* endpoint_write() of a buffer that goes back to pool when written
+ * (stream_write_pooled()). */
+int endpoint_write_pooled(struct endpoint *e, char *data, size_t len, size_t cap,
+			  struct chunk_pool *pool, void *owner, stream_write_done done);
+
 /* Writes out the ciphertext e->tls holds (endpoint_write's return). */
 int endpoint_flush_tls(struct endpoint *e, void *owner, stream_write_done done);
 

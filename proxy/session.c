@@ -333,12 +333,45 @@ static bool pump_wanted(void *owner)
 	return client_wanted(owner);
 }
 
+static struct chunk_pool *pool(struct session *s)
+{
+	return &s->life.worker->pool;
+}
+
+/* Message content for the backend collects in a pooled chunk (issue 12):
+ * one taken when the content starts, written whole. */
+static void content_chunk(struct session *s)
+{
+	if (s->machine.phase == PHASE_DATA)
+		(void)chunk_pool_fill(pool(s), &s->machine.act.to_backend);
+}
+
+/* True when the machine, in the middle of message content, has nothing for
+ * the session to do now but the bytes for the backend: those may wait for
+ * the next record, to go out in one write. */
+static bool only_content_pending(struct session *s)
+{
+	const struct smtp_actions *a = &s->machine.act;
+	return s->machine.phase == PHASE_DATA && !a->to_client.len && !a->close &&
+	       !a->drop_backend && !a->start_tls;
+}
+
 static void pump_records(void *owner, const char *p, size_t n)
 {
 	struct session *s = owner;
+	struct buf *tb = &s->machine.act.to_backend;
+	/* Write what is collected when this record might not fit (the
+	 * scanner reserves two bytes per byte). */
+	if (tb->len && tb->len + 2 * n + 8 > tb->cap) {
+		session_step(s);
+		if (s->closing)
+			return;
+	}
 	s->bytes_in += (uint64_t)n;
+	content_chunk(s);
 	smtp_machine_feed_client(&s->machine, p, n);
-	session_step(s);
+	if (!only_content_pending(s))
+		session_step(s);
 }
 
 static void pump_renegotiation_refused(void *owner)
@@ -366,11 +399,14 @@ static const struct endpoint_pump_ops client_pump_ops = {
     .ended = pump_ended,
 };
 
-/* Decrypts what is waiting, feeding the machine, while it wants input. */
+/* Decrypts what is waiting, feeding the machine, while it wants input;
+ * then writes the content collected from those records at once. */
 static void pump_tls(struct session *s)
 {
 	endpoint_pump(&s->client_ep, s->life.worker->plain_buf, sizeof(s->life.worker->plain_buf),
 		      &client_pump_ops, s);
+	if (!s->closing && !s->client_ep.pumping && s->machine.act.to_backend.len)
+		session_step(s);
 }
 
 /* ---- reading ----------------------------------------------------------- */
@@ -380,6 +416,8 @@ static void client_bytes(struct session *s, const char *p, size_t n)
 {
 	if (!s->client_ep.tls) {
 		s->bytes_in += n;
+		if (2 * n + 8 <= CHUNK_POOL_SIZE)
+			content_chunk(s);
 		smtp_machine_feed_client(&s->machine, p, n);
 		session_step(s);
 		return;
@@ -459,11 +497,14 @@ static void session_step(struct session *s)
 		close_backend(s);
 		log_msg(TF_LOG_INFO, "event=backend_dropped id=%s", s->id);
 	}
+	size_t cap = a->to_backend.cap;
 	data = buf_take(&a->to_backend, &len);
 	if (s->backend_connected && !s->backend_gone)
-		write_to(s, &s->backend_ep, data, len);
+		write_failed(
+		    s, backend_stream(s),
+		    endpoint_write_pooled(&s->backend_ep, data, len, cap, pool(s), s, write_done));
 	else
-		free(data);
+		chunk_pool_put(pool(s), data, cap);
 	data = buf_take(&a->to_client, &len);
 	if (len)
 		send_client(s, data, len);

@@ -8,6 +8,8 @@ struct write_req {
 	uv_write_t req;
 	char *data;
 	size_t len;
+	size_t cap;		 /* of data, for the pool */
+	struct chunk_pool *pool; /* where data goes back; NULL: free() */
 	size_t *inflight;
 	void *owner;
 	stream_write_done done;
@@ -20,7 +22,7 @@ static void write_cb(uv_write_t *req, int status)
 	void *owner = wr->owner;
 	stream_write_done done = wr->done;
 	uv_stream_t *stream = req->handle;
-	free(wr->data);
+	chunk_pool_put(wr->pool, wr->data, wr->cap);
 	free(wr);
 	done(owner, stream, status);
 }
@@ -28,24 +30,33 @@ static void write_cb(uv_write_t *req, int status)
 int stream_write(uv_stream_t *stream, char *data, size_t len, size_t *inflight, void *owner,
 		 stream_write_done done)
 {
+	return stream_write_pooled(stream, data, len, 0, NULL, inflight, owner, done);
+}
+
+int stream_write_pooled(uv_stream_t *stream, char *data, size_t len, size_t cap,
+			struct chunk_pool *pool, size_t *inflight, void *owner,
+			stream_write_done done)
+{
 	if (!len) {
-		free(data);
+		chunk_pool_put(pool, data, cap);
 		return 0;
 	}
 	struct write_req *wr = malloc(sizeof(*wr));
 	if (!wr) {
-		free(data);
+		chunk_pool_put(pool, data, cap);
 		return UV_ENOMEM;
 	}
 	wr->data = data;
 	wr->len = len;
+	wr->cap = cap;
+	wr->pool = pool;
 	wr->inflight = inflight;
 	wr->owner = owner;
 	wr->done = done;
 	uv_buf_t b = uv_buf_init(data, (unsigned)len);
 	int rc = uv_write(&wr->req, stream, &b, 1, write_cb);
 	if (rc != 0) {
-		free(data);
+		chunk_pool_put(pool, data, cap);
 		free(wr);
 		return rc;
 	}

@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "proxy/app.h"
+#include "proxy/chunk_pool.h"
 
 #define WORKER_READ_BUF (64 * 1024)
 
@@ -47,6 +48,7 @@ struct worker {
 	pthread_t thread;
 	char read_buf[WORKER_READ_BUF];	 /* libuv reads land here */
 	char plain_buf[WORKER_READ_BUF]; /* decrypted TLS records */
+	struct chunk_pool pool;		 /* write buffers of message content */
 };
 
 /* Takes ownership of the listening fds in fds (n of them, kinds alike).
