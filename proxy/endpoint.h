@@ -75,7 +75,7 @@ void endpoint_set_reading(struct endpoint *e, bool want, uv_alloc_cb alloc, uv_r
 struct endpoint_pump_ops {
 	/* Does the owner want this side's input now? Checked before each record. */
 	bool (*wanted)(void *owner);
-	/* Decrypted bytes in buf (valid until the callback returns). */
+	/* Decrypted bytes of one record (valid until the callback returns). */
 	void (*records)(void *owner, const char *p, size_t n);
 	/* The peer asked for renegotiation and GnuTLS queued the refusal in
 	 * e->tls->out: the owner flushes it. */
@@ -85,10 +85,9 @@ struct endpoint_pump_ops {
 	void (*ended)(void *owner, int why);
 };
 
-/* Decrypts what is waiting into buf and hands it to ops->records while TLS
- * is established and ops->wanted says yes. Does nothing when already
- * pumping. */
-void endpoint_pump(struct endpoint *e, char *buf, size_t size, const struct endpoint_pump_ops *ops,
-		   void *owner);
+/* Decrypts what is waiting, record by record, and hands each to
+ * ops->records while TLS is established and ops->wanted says yes. Does
+ * nothing when already pumping. */
+void endpoint_pump(struct endpoint *e, const struct endpoint_pump_ops *ops, void *owner);
 
 #endif

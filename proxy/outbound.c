@@ -423,8 +423,7 @@ static const struct endpoint_pump_ops peer_pump_ops = {
 /* Decrypts what the peer sent, feeding nego or the machine, while wanted. */
 static void pump_tls(struct outbound *s)
 {
-	endpoint_pump(&s->peer_ep, s->life.worker->plain_buf, sizeof(s->life.worker->plain_buf),
-		      &peer_pump_ops, s);
+	endpoint_pump(&s->peer_ep, &peer_pump_ops, s);
 }
 
 static void legacy_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)

@@ -403,8 +403,7 @@ static const struct endpoint_pump_ops client_pump_ops = {
  * then writes the content collected from those records at once. */
 static void pump_tls(struct session *s)
 {
-	endpoint_pump(&s->client_ep, s->life.worker->plain_buf, sizeof(s->life.worker->plain_buf),
-		      &client_pump_ops, s);
+	endpoint_pump(&s->client_ep, &client_pump_ops, s);
 	if (!s->closing && !s->client_ep.pumping && s->machine.act.to_backend.len)
 		session_step(s);
 }

@@ -122,13 +122,20 @@ int tls_io_handshake(struct tls_io *t)
 	return fail(t, rc);
 }
 
-ssize_t tls_io_recv(struct tls_io *t, char *p, size_t n)
+/* gnutls_record_recv() into p, or with p NULL gnutls_record_recv_packet()
+ * into *pkt, with the retries and the renegotiation refusal of both. */
+static ssize_t recv_either(struct tls_io *t, char *p, size_t n, gnutls_packet_t *pkt)
 {
 	for (;;) {
 		size_t before = t->in.len - t->in_off;
-		ssize_t rc = gnutls_record_recv(t->session, p, n);
+		ssize_t rc = p ? gnutls_record_recv(t->session, p, n)
+			       : gnutls_record_recv_packet(t->session, pkt);
 		if (rc > 0)
 			return rc;
+		if (pkt && *pkt) {
+			gnutls_packet_deinit(*pkt);
+			*pkt = NULL;
+		}
 		if (rc == 0)
 			return TLSIO_EOF;
 		if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED) {
@@ -156,6 +163,24 @@ ssize_t tls_io_recv(struct tls_io *t, char *p, size_t n)
 			continue; /* e.g. a warning alert or a TLS 1.3 key update */
 		return fail(t, (int)rc);
 	}
+}
+
+ssize_t tls_io_recv(struct tls_io *t, char *p, size_t n)
+{
+	return recv_either(t, p, n, NULL);
+}
+
+ssize_t tls_io_recv_packet(struct tls_io *t, gnutls_packet_t *pkt, const char **data)
+{
+	*pkt = NULL;
+	ssize_t rc = recv_either(t, NULL, 0, pkt);
+	if (rc > 0) {
+		gnutls_datum_t d;
+		gnutls_packet_get(*pkt, &d, NULL);
+		*data = (const char *)d.data;
+		rc = (ssize_t)d.size;
+	}
+	return rc;
 }
 
 bool tls_io_pending(const struct tls_io *t)

@@ -60,6 +60,12 @@ int tls_io_handshake(struct tls_io *t);
  * TLSIO_ERROR. */
 ssize_t tls_io_recv(struct tls_io *t, char *p, size_t n);
 
+/* As tls_io_recv(), without a copy (issue 12): the record's plaintext stays
+ * in GnuTLS's buffer, *data points into it for len bytes (the return value)
+ * until the caller releases *pkt with gnutls_packet_deinit(). The packet
+ * outlives t. *pkt is NULL unless the return value is > 0. */
+ssize_t tls_io_recv_packet(struct tls_io *t, gnutls_packet_t *pkt, const char **data);
+
 /* True when decrypted or undecrypted input is waiting. */
 bool tls_io_pending(const struct tls_io *t);
 

@@ -46,9 +46,8 @@ struct worker {
 	unsigned n_sessions;
 	bool stopping;
 	pthread_t thread;
-	char read_buf[WORKER_READ_BUF];	 /* libuv reads land here */
-	char plain_buf[WORKER_READ_BUF]; /* decrypted TLS records */
-	struct chunk_pool pool;		 /* write buffers of message content */
+	char read_buf[WORKER_READ_BUF]; /* libuv reads land here */
+	struct chunk_pool pool;		/* write buffers of message content */
 };
 
 /* Takes ownership of the listening fds in fds (n of them, kinds alike).
