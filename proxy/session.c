@@ -421,7 +421,10 @@ static void client_bytes(struct session *s, const char *p, size_t n)
 		session_step(s);
 		return;
 	}
-	if (!tls_io_feed(s->client_ep.tls, p, n)) {
+	/* GnuTLS reads the libuv buffer in place; what it leaves is copied
+	 * before the buffer is read into again (issue 12). */
+	struct tls_io *t = s->client_ep.tls;
+	if (!tls_io_lend(t, p, n)) {
 		session_close(s, CLOSE_ERROR);
 		return;
 	}
@@ -430,6 +433,8 @@ static void client_bytes(struct session *s, const char *p, size_t n)
 	else
 		pump_tls(s);
 	session_step(s);
+	if (s->client_ep.tls == t && !tls_io_unlend(t))
+		session_close(s, CLOSE_ERROR);
 }
 
 static void client_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
