@@ -17,10 +17,10 @@
 
 #include "proxy/smtp/buf.h"
 
-/* Room for the scanner's worst case over a whole 64 KiB read (two output
- * bytes per input byte, the final ".\r\n"). */
-#define CHUNK_POOL_SIZE (2 * 64 * 1024 + 64)
-#define CHUNK_POOL_KEEP 16
+/* A chunk is written when the next piece of content might not fit: about
+ * one write per 256 KiB read. */
+#define CHUNK_POOL_SIZE (256 * 1024)
+#define CHUNK_POOL_KEEP 8
 
 struct chunk_pool {
 	char *free[CHUNK_POOL_KEEP]; /* owned */

@@ -356,9 +356,14 @@ static bool only_content_pending(struct session *s)
 	       !a->drop_backend && !a->start_tls;
 }
 
-static void pump_records(void *owner, const char *p, size_t n)
+/* Client plaintext (a record, or a piece of a plaintext read) to the
+ * machine. At most CONTENT_PIECE bytes, so that the worst case of the
+ * scanner (two bytes out per byte in) fits a fresh chunk. */
+#define CONTENT_PIECE (16 * 1024)
+_Static_assert(2 * CONTENT_PIECE + 8 <= CHUNK_POOL_SIZE, "a piece fits a chunk");
+
+static void feed_client(struct session *s, const char *p, size_t n)
 {
-	struct session *s = owner;
 	struct buf *tb = &s->machine.act.to_backend;
 	/* Write what is collected when this record might not fit (the
 	 * scanner reserves two bytes per byte). */
@@ -372,6 +377,19 @@ static void pump_records(void *owner, const char *p, size_t n)
 	smtp_machine_feed_client(&s->machine, p, n);
 	if (!only_content_pending(s))
 		session_step(s);
+}
+
+static void pump_records(void *owner, const char *p, size_t n)
+{
+	struct session *s = owner;
+	/* A record is at most 16 KiB (GnuTLS's default maximum); the pieces
+	 * are for a peer that negotiated more. */
+	while (n && !s->closing) {
+		size_t k = n < CONTENT_PIECE ? n : CONTENT_PIECE;
+		feed_client(s, p, k);
+		p += k;
+		n -= k;
+	}
 }
 
 static void pump_renegotiation_refused(void *owner)
@@ -414,10 +432,7 @@ static void pump_tls(struct session *s)
 static void client_bytes(struct session *s, const char *p, size_t n)
 {
 	if (!s->client_ep.tls) {
-		s->bytes_in += n;
-		if (2 * n + 8 <= CHUNK_POOL_SIZE)
-			content_chunk(s);
-		smtp_machine_feed_client(&s->machine, p, n);
+		pump_records(s, p, n);
 		session_step(s);
 		return;
 	}

@@ -16,7 +16,9 @@
 #include "proxy/app.h"
 #include "proxy/chunk_pool.h"
 
-#define WORKER_READ_BUF (64 * 1024)
+/* One read takes up to this much (issue 12: fewer, larger reads and writes
+ * of message content). */
+#define WORKER_READ_BUF (256 * 1024)
 
 enum listener_kind { LISTENER_TCP = 0, LISTENER_TLS, LISTENER_OUTBOUND };
 
