@@ -101,6 +101,7 @@ static void free_session(struct conn_life *l)
 	if (s->held)
 		conn_limits_unhold();
 	smtp_machine_free(&s->machine);
+	free(s->pp_buf);
 	endpoint_free_tls(&s->client_ep);
 	app_unref(s->app);
 	free(s);
@@ -756,7 +757,7 @@ static void session_begin(struct session *s)
  * short timeout, and no reply at all when it is missing or malformed. */
 static void read_proxy_header(struct session *s, const char *p, size_t n)
 {
-	size_t room = sizeof(s->pp_buf) - s->pp_len;
+	size_t room = PP_HEADER_MAX - s->pp_len;
 	size_t take = n < room ? n : room;
 	memcpy(s->pp_buf + s->pp_len, p, take);
 	s->pp_len += take;
@@ -780,6 +781,8 @@ static void read_proxy_header(struct session *s, const char *p, size_t n)
 	size_t rest_in_buf = s->pp_len - used;
 	char rest[PP_HEADER_MAX];
 	memcpy(rest, s->pp_buf + used, rest_in_buf);
+	free(s->pp_buf);
+	s->pp_buf = NULL;
 	session_begin(s);
 	if (s->closing)
 		return;
@@ -838,6 +841,11 @@ void session_accept(struct listener *l)
 			log_msg(TF_LOG_INFO, "event=limit id=%s balancer=%s", s->id,
 				s->client_addr);
 			session_close(s, CLOSE_LIMIT);
+			return;
+		}
+		s->pp_buf = malloc(PP_HEADER_MAX);
+		if (!s->pp_buf) {
+			session_close(s, CLOSE_ERROR);
 			return;
 		}
 		s->awaiting_proxy = true;

@@ -528,6 +528,9 @@ void smtp_machine_feed_client(struct smtp_machine *m, const char *p, size_t n)
 		return;
 	}
 	process_client(m);
+	/* An idle session keeps no input buffer either. */
+	if (!m->in.len)
+		buf_free(&m->in);
 }
 
 /* ---- backend replies --------------------------------------------------- */
@@ -726,6 +729,9 @@ void smtp_machine_feed_backend(struct smtp_machine *m, const char *p, size_t n)
 			return;
 		handle_reply(m, m->reply.code, m->reply.text.data, m->reply.text.len);
 		reply_parser_reset(&m->reply);
+		/* An idle session keeps no reply buffer (issue 12). */
+		if (i == n)
+			buf_free(&m->reply.text);
 		release_local(m);
 		process_client(m);
 	}
