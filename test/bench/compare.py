@@ -309,7 +309,7 @@ def main():
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
     names = [n for n in ("nginx", "tlsfront") if n in results]
-    print("load average after the run: %s; %d s per row" % (load, a.secs))
+    print("load average after the run: %s; %g s per row" % (load, a.secs))
     print()
     print("| measure | " + " | ".join(names) + (" | tlsfront / nginx | ahead |"
                                                  if len(names) == 2 else " |"))
