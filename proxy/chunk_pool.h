@@ -17,9 +17,10 @@
 
 #include "proxy/smtp/buf.h"
 
-/* A chunk is written when the next piece of content might not fit: about
- * one write per 256 KiB read. */
-#define CHUNK_POOL_SIZE (256 * 1024)
+/* A chunk is written when the next piece of content might not fit; it holds
+ * a whole 256 KiB read with room for the worst case of a 16 KiB piece
+ * (session.c checks), so a read makes one write. */
+#define CHUNK_POOL_SIZE ((256 + 40) * 1024)
 #define CHUNK_POOL_KEEP 8
 
 struct chunk_pool {

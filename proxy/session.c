@@ -378,7 +378,7 @@ static bool only_content_pending(struct session *s)
  * machine. At most CONTENT_PIECE bytes, so that the worst case of the
  * scanner (two bytes out per byte in) fits a fresh chunk. */
 #define CONTENT_PIECE (16 * 1024)
-_Static_assert(2 * CONTENT_PIECE + 8 <= CHUNK_POOL_SIZE, "a piece fits a chunk");
+_Static_assert(WORKER_READ_BUF + 2 * CONTENT_PIECE + 8 <= CHUNK_POOL_SIZE, "a read fits a chunk");
 
 static void feed_client(struct session *s, const char *p, size_t n)
 {

@@ -25,7 +25,9 @@ int stream_write(uv_stream_t *stream, char *data, size_t len, size_t *inflight, 
 		 stream_write_done done);
 
 /* The same for a buffer of cap bytes that goes back to pool when written
- * (chunk_pool_put; pool NULL: freed). */
+ * (chunk_pool_put; pool NULL: freed). With a pool the bytes are first
+ * offered to the kernel at once (uv_try_write): when all are taken, done is
+ * never called and nothing stays in flight; only a rest is queued. */
 int stream_write_pooled(uv_stream_t *stream, char *data, size_t len, size_t cap,
 			struct chunk_pool *pool, size_t *inflight, void *owner,
 			stream_write_done done);
