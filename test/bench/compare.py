@@ -199,12 +199,19 @@ def kv(line):
 
 def loadgen(tools, proxy, *args):
     pids = proxy.pids()
-    c0 = cpu_seconds(pids)
+    c0, s0 = cpu_seconds(pids), cpu_seconds([tools["sink_pid"]])
     out = subprocess.run([tools["loadgen"], "--port", str(proxy.port)] + list(args),
                          check=True, capture_output=True, text=True).stdout
     cpu = cpu_seconds(pids) - c0
     r = kv(out.strip().splitlines()[-1])
+    r["loadgen_cpu"] = float(r.get("cpu", 0))
     r["cpu"] = cpu
+    # How busy the tools were, in cores (CPU-seconds per second): far
+    # below 1 means they were not what limited the row.
+    secs = float(r["secs"]) or 1
+    r["tools"] = "proxy %.2f, loadgen %.2f, sink %.2f" % (
+        cpu / secs, r["loadgen_cpu"] / secs,
+        (cpu_seconds([tools["sink_pid"]]) - s0) / secs)
     return r
 
 
@@ -222,11 +229,12 @@ def idle_rss(tools, proxy, n):
     return (after - before) / max(1, int(ready.get("ready", 0))), int(ready.get("errors", 0))
 
 
-def measure(tools, proxy, a):
+def measure(tools, proxy, a, busy):
     m = {}
     errors = 0
     r = loadgen(tools, proxy, "--mode", "sessions", "--clients", str(a.session_clients),
                 "--secs", str(a.secs), "--size", "1024", "--quickack")
+    busy["sessions/s"] = r["tools"]
     s = int(r["sessions"])
     m["sessions/s (%d clients, 1 KiB message)" % a.session_clients] = float(r["sessions_per_s"])
     m["ms of proxy CPU per session"] = r["cpu"] * 1000 / max(1, s)
@@ -244,6 +252,7 @@ def measure(tools, proxy, a):
                     str(a.secs), "--size", str(a.size))
         mb = int(r["bytes"]) / 1e6
         m["MB/s, %d client%s" % (n, "s" if n > 1 else "")] = float(r["mbps"])
+        busy["MB/s, %d client%s" % (n, "s" if n > 1 else "")] = r["tools"]
         m["MB per proxy CPU-second, %d client%s" % (n, "s" if n > 1 else "")] = (
             mb / r["cpu"] if r["cpu"] else float("nan"))
         errors += int(r["errors"])
@@ -282,21 +291,24 @@ def main():
         sink = subprocess.Popen([tools["sink"]], stdout=subprocess.PIPE, text=True)
         procs.append(sink)
         sink_port = int(kv(sink.stdout.readline())["port"])
+        tools["sink_pid"] = sink.pid
         AuthHandler.sink_port = sink_port
         auth = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AuthHandler)
         threading.Thread(target=auth.serve_forever, daemon=True).start()
 
-        results = {}
+        results, busy = {}, {}
         if a.only != "nginx":
             tf = start_tlsfront(os.path.abspath(a.bin), work, cert, key, sink_port)
             try:
-                results["tlsfront"] = measure(tools, tf, a)
+                busy["tlsfront"] = {}
+                results["tlsfront"] = measure(tools, tf, a, busy["tlsfront"])
             finally:
                 tf.stop()
         if a.only != "tlsfront":
             ng = start_nginx(work, cert, key, auth.server_address[1])
             try:
-                results["nginx"] = measure(tools, ng, a)
+                busy["nginx"] = {}
+                results["nginx"] = measure(tools, ng, a, busy["nginx"])
             finally:
                 ng.stop()
         auth.shutdown()
@@ -327,6 +339,13 @@ def main():
             ahead = (tf <= ng) if lower else (tf >= ng)
             line += " %.2f | %s |" % (ratio, "yes" if ahead else "no")
         print(line)
+    print()
+    print("Cores busy during the load rows (CPU-seconds per second of the run; the")
+    print("load generator and the sink must stay far from 1 to measure the proxy):")
+    print()
+    for n in names:
+        for row, text in busy[n].items():
+            print("- %s, %s: %s" % (n, row, text))
     return 0
 
 
