@@ -13,6 +13,12 @@ int endpoint_write(struct endpoint *e, char *data, size_t len, void *owner, stre
 	return stream_write(e->stream, data, len, &e->inflight, owner, done);
 }
 
+int endpoint_write_pooled(struct endpoint *e, char *data, size_t len, size_t cap,
+			  struct chunk_pool *pool, void *owner, stream_write_done done)
+{
+	return stream_write_pooled(e->stream, data, len, cap, pool, &e->inflight, owner, done);
+}
+
 int endpoint_flush_tls(struct endpoint *e, void *owner, stream_write_done done)
 {
 	size_t len;
@@ -55,8 +61,7 @@ void endpoint_set_reading(struct endpoint *e, bool want, uv_alloc_cb alloc, uv_r
 	e->reading = want;
 }
 
-void endpoint_pump(struct endpoint *e, char *buf, size_t size, const struct endpoint_pump_ops *ops,
-		   void *owner)
+void endpoint_pump(struct endpoint *e, const struct endpoint_pump_ops *ops, void *owner)
 {
 	if (e->pumping)
 		return;
@@ -64,7 +69,11 @@ void endpoint_pump(struct endpoint *e, char *buf, size_t size, const struct endp
 	/* The callbacks may close the session or, on outbound's plaintext
 	 * retry, free e->tls: the condition is checked again each round. */
 	while (e->tls && e->tls->established && ops->wanted(owner)) {
-		ssize_t n = tls_io_recv(e->tls, buf, size);
+		/* Each record is read where GnuTLS decrypted it (issue 12);
+		 * the packet outlives e->tls should a callback free it. */
+		gnutls_packet_t pkt;
+		const char *data = NULL;
+		ssize_t n = tls_io_recv_packet(e->tls, &pkt, &data);
 		if (n == TLSIO_AGAIN)
 			break;
 		if (e->tls->renegotiation_refused) {
@@ -76,7 +85,9 @@ void endpoint_pump(struct endpoint *e, char *buf, size_t size, const struct endp
 			break;
 		}
 		if (n > 0)
-			ops->records(owner, buf, (size_t)n);
+			ops->records(owner, data, (size_t)n);
+		if (pkt)
+			gnutls_packet_deinit(pkt);
 	}
 	e->pumping = false;
 }

@@ -50,6 +50,11 @@ struct endpoint {
  * called then). */
 int endpoint_write(struct endpoint *e, char *data, size_t len, void *owner, stream_write_done done);
 
+/* endpoint_write() of a buffer that goes back to pool when written
+ * (stream_write_pooled()). */
+int endpoint_write_pooled(struct endpoint *e, char *data, size_t len, size_t cap,
+			  struct chunk_pool *pool, void *owner, stream_write_done done);
+
 /* Writes out the ciphertext e->tls holds (endpoint_write's return). */
 int endpoint_flush_tls(struct endpoint *e, void *owner, stream_write_done done);
 
@@ -70,7 +75,7 @@ void endpoint_set_reading(struct endpoint *e, bool want, uv_alloc_cb alloc, uv_r
 struct endpoint_pump_ops {
 	/* Does the owner want this side's input now? Checked before each record. */
 	bool (*wanted)(void *owner);
-	/* Decrypted bytes in buf (valid until the callback returns). */
+	/* Decrypted bytes of one record (valid until the callback returns). */
 	void (*records)(void *owner, const char *p, size_t n);
 	/* The peer asked for renegotiation and GnuTLS queued the refusal in
 	 * e->tls->out: the owner flushes it. */
@@ -80,10 +85,9 @@ struct endpoint_pump_ops {
 	void (*ended)(void *owner, int why);
 };
 
-/* Decrypts what is waiting into buf and hands it to ops->records while TLS
- * is established and ops->wanted says yes. Does nothing when already
- * pumping. */
-void endpoint_pump(struct endpoint *e, char *buf, size_t size, const struct endpoint_pump_ops *ops,
-		   void *owner);
+/* Decrypts what is waiting, record by record, and hands each to
+ * ops->records while TLS is established and ops->wanted says yes. Does
+ * nothing when already pumping. */
+void endpoint_pump(struct endpoint *e, const struct endpoint_pump_ops *ops, void *owner);
 
 #endif

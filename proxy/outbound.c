@@ -424,8 +424,7 @@ static const struct endpoint_pump_ops peer_pump_ops = {
 /* Decrypts what the peer sent, feeding nego or the machine, while wanted. */
 static void pump_tls(struct outbound *s)
 {
-	endpoint_pump(&s->peer_ep, s->life.worker->plain_buf, sizeof(s->life.worker->plain_buf),
-		      &peer_pump_ops, s);
+	endpoint_pump(&s->peer_ep, &peer_pump_ops, s);
 }
 
 static void legacy_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
@@ -438,11 +437,23 @@ static void legacy_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 		return;
 	}
 	s->bytes_in += (uint64_t)nread;
-	if (s->spliced)
-		smtp_machine_feed_client(&s->machine, b->base, (size_t)nread);
-	else
+	if (!s->spliced) {
 		outbound_nego_feed_legacy(&s->nego, b->base, (size_t)nread);
-	outbound_step(s);
+		outbound_step(s);
+		return;
+	}
+	/* Reads take up to 256 KiB (worker.h); the machine gets them in
+	 * 64 KiB pieces, each sent on at once, so the buffers for the peer
+	 * stay the size they had with 64 KiB reads. */
+	const char *p = b->base;
+	size_t n = (size_t)nread;
+	while (n && !s->closing) {
+		size_t k = n < 64 * 1024 ? n : 64 * 1024;
+		smtp_machine_feed_client(&s->machine, p, k);
+		outbound_step(s);
+		p += k;
+		n -= k;
+	}
 }
 
 static void peer_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)

@@ -19,6 +19,8 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -103,6 +105,7 @@ static void free_session(struct conn_life *l)
 	if (s->held)
 		conn_limits_unhold();
 	smtp_machine_free(&s->machine);
+	free(s->pp_buf);
 	endpoint_free_tls(&s->client_ep);
 	app_unref(s->app);
 	free(s);
@@ -289,6 +292,21 @@ static void begin_tls(struct session *s)
 	conn_life_arm(&s->life, s->app->cfg.tls.handshake_timeout);
 }
 
+/* What the client sends during the handshake is acknowledged at once.
+ * After its flight the server has nothing to send back (a GnuTLS client's
+ * ChangeCipherSpec, then its Finished, whose tickets wait for the first
+ * reply), so the ACK would wait for the kernel's delayed-ACK timer, and a
+ * client with Nagle's algorithm on (most are) holds its next write until
+ * then: ~40 ms per STARTTLS session. TCP_QUICKACK does not stick: it is set
+ * after each handshake read, one system call each. */
+static void quick_ack(struct session *s)
+{
+	uv_os_fd_t fd;
+	int one = 1;
+	if (uv_fileno((uv_handle_t *)client_stream(s), &fd) == 0)
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+}
+
 static void do_handshake(struct session *s)
 {
 	int rc = tls_io_handshake(s->client_ep.tls);
@@ -350,12 +368,63 @@ static bool pump_wanted(void *owner)
 	return client_wanted(owner);
 }
 
+static struct chunk_pool *pool(struct session *s)
+{
+	return &s->life.worker->pool;
+}
+
+/* Message content for the backend collects in a pooled chunk (issue 12):
+ * one taken when the content starts, written whole. */
+static void content_chunk(struct session *s)
+{
+	if (s->machine.phase == PHASE_DATA)
+		(void)chunk_pool_fill(pool(s), &s->machine.act.to_backend);
+}
+
+/* True when the machine, in the middle of message content, has nothing for
+ * the session to do now but the bytes for the backend: those may wait for
+ * the next record, to go out in one write. */
+static bool only_content_pending(struct session *s)
+{
+	const struct smtp_actions *a = &s->machine.act;
+	return s->machine.phase == PHASE_DATA && !a->to_client.len && !a->close &&
+	       !a->drop_backend && !a->start_tls;
+}
+
+/* Client plaintext (a record, or a piece of a plaintext read) to the
+ * machine. At most CONTENT_PIECE bytes, so that the worst case of the
+ * scanner (two bytes out per byte in) fits a fresh chunk. */
+#define CONTENT_PIECE (16 * 1024)
+_Static_assert(WORKER_READ_BUF + 2 * CONTENT_PIECE + 8 <= CHUNK_POOL_SIZE, "a read fits a chunk");
+
+static void feed_client(struct session *s, const char *p, size_t n)
+{
+	struct buf *tb = &s->machine.act.to_backend;
+	/* Write what is collected when this record might not fit (the
+	 * scanner reserves two bytes per byte). */
+	if (tb->len && tb->len + 2 * n + 8 > tb->cap) {
+		session_step(s);
+		if (s->closing)
+			return;
+	}
+	s->bytes_in += (uint64_t)n;
+	content_chunk(s);
+	smtp_machine_feed_client(&s->machine, p, n);
+	if (!only_content_pending(s))
+		session_step(s);
+}
+
 static void pump_records(void *owner, const char *p, size_t n)
 {
 	struct session *s = owner;
-	s->bytes_in += (uint64_t)n;
-	smtp_machine_feed_client(&s->machine, p, n);
-	session_step(s);
+	/* A record is at most 16 KiB (GnuTLS's default maximum); the pieces
+	 * are for a peer that negotiated more. */
+	while (n && !s->closing) {
+		size_t k = n < CONTENT_PIECE ? n : CONTENT_PIECE;
+		feed_client(s, p, k);
+		p += k;
+		n -= k;
+	}
 }
 
 static void pump_renegotiation_refused(void *owner)
@@ -383,11 +452,13 @@ static const struct endpoint_pump_ops client_pump_ops = {
     .ended = pump_ended,
 };
 
-/* Decrypts what is waiting, feeding the machine, while it wants input. */
+/* Decrypts what is waiting, feeding the machine, while it wants input;
+ * then writes the content collected from those records at once. */
 static void pump_tls(struct session *s)
 {
-	endpoint_pump(&s->client_ep, s->life.worker->plain_buf, sizeof(s->life.worker->plain_buf),
-		      &client_pump_ops, s);
+	endpoint_pump(&s->client_ep, &client_pump_ops, s);
+	if (!s->closing && !s->client_ep.pumping && s->machine.act.to_backend.len)
+		session_step(s);
 }
 
 /* ---- reading ----------------------------------------------------------- */
@@ -396,20 +467,27 @@ static void pump_tls(struct session *s)
 static void client_bytes(struct session *s, const char *p, size_t n)
 {
 	if (!s->client_ep.tls) {
-		s->bytes_in += n;
-		smtp_machine_feed_client(&s->machine, p, n);
+		pump_records(s, p, n);
 		session_step(s);
 		return;
 	}
-	if (!tls_io_feed(s->client_ep.tls, p, n)) {
+	/* GnuTLS reads the libuv buffer in place; what it leaves is copied
+	 * before the buffer is read into again (issue 12). */
+	struct tls_io *t = s->client_ep.tls;
+	if (!tls_io_lend(t, p, n)) {
 		session_close(s, CLOSE_ERROR);
 		return;
 	}
-	if (s->handshaking)
+	if (s->handshaking) {
 		do_handshake(s);
-	else
+		if (!s->closing)
+			quick_ack(s);
+	} else {
 		pump_tls(s);
+	}
 	session_step(s);
+	if (s->client_ep.tls == t && !tls_io_unlend(t))
+		session_close(s, CLOSE_ERROR);
 }
 
 static void client_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
@@ -474,11 +552,14 @@ static void session_step(struct session *s)
 		close_backend(s);
 		log_msg(TF_LOG_INFO, "event=backend_dropped id=%s", s->id);
 	}
+	size_t cap = a->to_backend.cap;
 	data = buf_take(&a->to_backend, &len);
 	if (s->backend_connected && !s->backend_gone)
-		write_to(s, &s->backend_ep, data, len);
+		write_failed(
+		    s, backend_stream(s),
+		    endpoint_write_pooled(&s->backend_ep, data, len, cap, pool(s), s, write_done));
 	else
-		free(data);
+		chunk_pool_put(pool(s), data, cap);
 	data = buf_take(&a->to_client, &len);
 	if (len)
 		send_client(s, data, len);
@@ -711,7 +792,7 @@ static void session_begin(struct session *s)
  * short timeout, and no reply at all when it is missing or malformed. */
 static void read_proxy_header(struct session *s, const char *p, size_t n)
 {
-	size_t room = sizeof(s->pp_buf) - s->pp_len;
+	size_t room = PP_HEADER_MAX - s->pp_len;
 	size_t take = n < room ? n : room;
 	memcpy(s->pp_buf + s->pp_len, p, take);
 	s->pp_len += take;
@@ -735,6 +816,8 @@ static void read_proxy_header(struct session *s, const char *p, size_t n)
 	size_t rest_in_buf = s->pp_len - used;
 	char rest[PP_HEADER_MAX];
 	memcpy(rest, s->pp_buf + used, rest_in_buf);
+	free(s->pp_buf);
+	s->pp_buf = NULL;
 	session_begin(s);
 	if (s->closing)
 		return;
@@ -817,6 +900,11 @@ void session_accept(struct listener *l, int fd)
 			log_msg(TF_LOG_INFO, "event=limit id=%s balancer=%s", s->id,
 				s->client_addr);
 			session_close(s, CLOSE_LIMIT);
+			return;
+		}
+		s->pp_buf = malloc(PP_HEADER_MAX);
+		if (!s->pp_buf) {
+			session_close(s, CLOSE_ERROR);
 			return;
 		}
 		s->awaiting_proxy = true;

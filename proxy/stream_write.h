@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <uv.h>
 
+#include "proxy/chunk_pool.h"
+
 /* Called when the write ended (status < 0: failed or cancelled), after the
  * buffer is freed and *inflight lowered. */
 typedef void (*stream_write_done)(void *owner, uv_stream_t *stream, int status);
@@ -21,5 +23,13 @@ typedef void (*stream_write_done)(void *owner, uv_stream_t *stream, int status);
  * called then). len 0 frees data and returns 0. */
 int stream_write(uv_stream_t *stream, char *data, size_t len, size_t *inflight, void *owner,
 		 stream_write_done done);
+
+/* The same for a buffer of cap bytes that goes back to pool when written
+ * (chunk_pool_put; pool NULL: freed). With a pool the bytes are first
+ * offered to the kernel at once (uv_try_write): when all are taken, done is
+ * never called and nothing stays in flight; only a rest is queued. */
+int stream_write_pooled(uv_stream_t *stream, char *data, size_t len, size_t cap,
+			struct chunk_pool *pool, size_t *inflight, void *owner,
+			stream_write_done done);
 
 #endif

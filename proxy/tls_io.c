@@ -13,6 +13,15 @@
 static ssize_t pull_cb(gnutls_transport_ptr_t ptr, void *data, size_t len)
 {
 	struct tls_io *t = ptr;
+	if (t->lent_len) {
+		/* tls_io_lend(): t->in is empty, read the caller's bytes. */
+		if (len > t->lent_len)
+			len = t->lent_len;
+		memcpy(data, t->lent, len);
+		t->lent += len;
+		t->lent_len -= len;
+		return (ssize_t)len;
+	}
 	size_t avail = t->in.len - t->in_off;
 	if (avail == 0) {
 		gnutls_transport_set_errno(t->session, EAGAIN);
@@ -32,7 +41,7 @@ static ssize_t pull_cb(gnutls_transport_ptr_t ptr, void *data, size_t len)
 static int pull_timeout_cb(gnutls_transport_ptr_t ptr, unsigned int ms)
 {
 	struct tls_io *t = ptr;
-	return t->in.len > t->in_off ? 1 : 0;
+	return t->in.len > t->in_off || t->lent_len ? 1 : 0;
 }
 
 static ssize_t push_cb(gnutls_transport_ptr_t ptr, const void *data, size_t len)
@@ -89,6 +98,27 @@ bool tls_io_feed(struct tls_io *t, const char *p, size_t n)
 	return buf_append(&t->in, p, n);
 }
 
+bool tls_io_lend(struct tls_io *t, const char *p, size_t n)
+{
+	if (t->in_off == t->in.len) {
+		t->in.len = 0;
+		t->in_off = 0;
+		t->lent = p;
+		t->lent_len = n;
+		return true;
+	}
+	return tls_io_feed(t, p, n);
+}
+
+bool tls_io_unlend(struct tls_io *t)
+{
+	size_t n = t->lent_len;
+	const char *p = t->lent;
+	t->lent = NULL;
+	t->lent_len = 0;
+	return tls_io_feed(t, p, n);
+}
+
 static int fail(struct tls_io *t, int rc)
 {
 	snprintf(t->error, sizeof(t->error), "%s", gnutls_strerror(rc));
@@ -122,13 +152,20 @@ int tls_io_handshake(struct tls_io *t)
 	return fail(t, rc);
 }
 
-ssize_t tls_io_recv(struct tls_io *t, char *p, size_t n)
+/* gnutls_record_recv() into p, or with p NULL gnutls_record_recv_packet()
+ * into *pkt, with the retries and the renegotiation refusal of both. */
+static ssize_t recv_either(struct tls_io *t, char *p, size_t n, gnutls_packet_t *pkt)
 {
 	for (;;) {
 		size_t before = t->in.len - t->in_off;
-		ssize_t rc = gnutls_record_recv(t->session, p, n);
+		ssize_t rc = p ? gnutls_record_recv(t->session, p, n)
+			       : gnutls_record_recv_packet(t->session, pkt);
 		if (rc > 0)
 			return rc;
+		if (pkt && *pkt) {
+			gnutls_packet_deinit(*pkt);
+			*pkt = NULL;
+		}
 		if (rc == 0)
 			return TLSIO_EOF;
 		if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED) {
@@ -158,9 +195,27 @@ ssize_t tls_io_recv(struct tls_io *t, char *p, size_t n)
 	}
 }
 
+ssize_t tls_io_recv(struct tls_io *t, char *p, size_t n)
+{
+	return recv_either(t, p, n, NULL);
+}
+
+ssize_t tls_io_recv_packet(struct tls_io *t, gnutls_packet_t *pkt, const char **data)
+{
+	*pkt = NULL;
+	ssize_t rc = recv_either(t, NULL, 0, pkt);
+	if (rc > 0) {
+		gnutls_datum_t d;
+		gnutls_packet_get(*pkt, &d, NULL);
+		*data = (const char *)d.data;
+		rc = (ssize_t)d.size;
+	}
+	return rc;
+}
+
 bool tls_io_pending(const struct tls_io *t)
 {
-	return t->in.len > t->in_off || gnutls_record_check_pending(t->session) > 0;
+	return t->in.len > t->in_off || t->lent_len || gnutls_record_check_pending(t->session) > 0;
 }
 
 int tls_io_send(struct tls_io *t, const char *p, size_t n)

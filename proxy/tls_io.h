@@ -36,6 +36,8 @@ struct tls_io {
 	gnutls_session_t session;
 	struct buf in;		    /* ciphertext received, not yet pulled */
 	size_t in_off;		    /* bytes of in already pulled */
+	const char *lent;	    /* tls_io_lend(): the caller's bytes, not owned */
+	size_t lent_len;	    /* of them, not yet pulled */
 	struct buf out;		    /* ciphertext to write */
 	bool established;	    /* handshake complete */
 	bool renegotiation_refused; /* a client asked for renegotiation */
@@ -52,6 +54,14 @@ void tls_io_free(struct tls_io *t);
 /* Ciphertext from the client. Returns false when out of memory. */
 bool tls_io_feed(struct tls_io *t, const char *p, size_t n);
 
+/* As tls_io_feed(), without a copy when nothing older is waiting (issue
+ * 12): GnuTLS reads p in place. p must stay valid until tls_io_unlend(),
+ * which the caller must call before p goes away. */
+bool tls_io_lend(struct tls_io *t, const char *p, size_t n);
+/* Copies what GnuTLS has not read of the lent bytes into t's own buffer.
+ * Returns false when out of memory. */
+bool tls_io_unlend(struct tls_io *t);
+
 /* Drives the handshake: TLSIO_OK when complete, TLSIO_AGAIN for more input,
  * TLSIO_ERROR (reason in t->error). */
 int tls_io_handshake(struct tls_io *t);
@@ -59,6 +69,12 @@ int tls_io_handshake(struct tls_io *t);
 /* Decrypts into p: bytes (>0), TLSIO_AGAIN, TLSIO_EOF (close_notify) or
  * TLSIO_ERROR. */
 ssize_t tls_io_recv(struct tls_io *t, char *p, size_t n);
+
+/* As tls_io_recv(), without a copy (issue 12): the record's plaintext stays
+ * in GnuTLS's buffer, *data points into it for len bytes (the return value)
+ * until the caller releases *pkt with gnutls_packet_deinit(). The packet
+ * outlives t. *pkt is NULL unless the return value is > 0. */
+ssize_t tls_io_recv_packet(struct tls_io *t, gnutls_packet_t *pkt, const char **data);
 
 /* True when decrypted or undecrypted input is waiting. */
 bool tls_io_pending(const struct tls_io *t);

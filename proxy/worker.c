@@ -304,6 +304,7 @@ void worker_join(struct worker *w)
 {
 	pthread_join(w->thread, NULL);
 	uv_loop_close(&w->loop);
+	chunk_pool_free(&w->pool); /* every write has called back */
 	app_unref(w->app);
 	app_unref(w->pending);
 	w->app = w->pending = NULL;

@@ -15,8 +15,11 @@
 #include <uv.h>
 
 #include "proxy/app.h"
+#include "proxy/chunk_pool.h"
 
-#define WORKER_READ_BUF (64 * 1024)
+/* One read takes up to this much (issue 12: fewer, larger reads and writes
+ * of message content). */
+#define WORKER_READ_BUF (256 * 1024)
 
 enum listener_kind { LISTENER_TCP = 0, LISTENER_TLS, LISTENER_OUTBOUND };
 
@@ -54,8 +57,8 @@ struct worker {
 	unsigned fd_pauses;    /* pauses of accepting (no reserve) since then */
 	uint64_t fd_logged_ms; /* loop time of that line */
 	pthread_t thread;
-	char read_buf[WORKER_READ_BUF];	 /* libuv reads land here */
-	char plain_buf[WORKER_READ_BUF]; /* decrypted TLS records */
+	char read_buf[WORKER_READ_BUF]; /* libuv reads land here */
+	struct chunk_pool pool;		/* write buffers of message content */
 };
 
 /* Takes ownership of the listening fds in fds (n of them, kinds alike).

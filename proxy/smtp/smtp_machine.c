@@ -424,22 +424,23 @@ static bool next_line(struct smtp_machine *m)
 	return true;
 }
 
-/* Feeds held input to the DATA scanner (or drains it in reject mode). */
-static void process_data(struct smtp_machine *m)
+/* Feeds content to the DATA scanner (or drains it in reject mode); returns
+ * the bytes used (all of them but what follows the end of data), 0 when out
+ * of memory. */
+static size_t scan_data(struct smtp_machine *m, const char *p, size_t n)
 {
 	bool draining = m->phase == PHASE_REJECT_DRAIN;
 	struct buf scratch = {0};
 	struct buf *out = draining ? &scratch : &m->act.to_backend;
 	bool end;
-	size_t used = data_scanner_feed(&m->data, m->in.data, m->in.len, out, &end);
+	size_t used = data_scanner_feed(&m->data, p, n, out, &end);
 	buf_free(&scratch);
 	if (used == (size_t)-1) {
 		out_of_memory(m);
-		return;
+		return 0;
 	}
 	if (used)
 		m->act.progress = true;
-	buf_consume(&m->in, used);
 
 	if (!draining && m->data.bare_seen && m->cfg.reject_bare) {
 		/* §3.7 reject: the backend must never see an end of data. */
@@ -451,14 +452,23 @@ static void process_data(struct smtp_machine *m)
 		draining = true;
 	}
 	if (!end)
-		return;
+		return used;
 	if (draining) {
 		local_reply(m, R_BARE_REJECT);
 		say_and_close(m, "421 4.7.0", "Error: closing after bare newline", CLOSE_POLICY);
-		return;
+		return used;
 	}
 	fifo_push(m, (struct smtp_pending){.kind = PEND_DATA_END});
 	m->phase = PHASE_COMMAND;
+	return used;
+}
+
+/* Feeds held input to the DATA scanner. */
+static void process_data(struct smtp_machine *m)
+{
+	size_t used = scan_data(m, m->in.data, m->in.len);
+	if (m->phase != PHASE_CLOSED)
+		buf_consume(&m->in, used);
 }
 
 static void process_client(struct smtp_machine *m)
@@ -503,11 +513,24 @@ void smtp_machine_feed_client(struct smtp_machine *m, const char *p, size_t n)
 	}
 	if (m->discarding && !memchr(p, '\n', n))
 		return; /* still inside an over-long line */
+	if ((m->phase == PHASE_DATA || m->phase == PHASE_REJECT_DRAIN) && !m->in.len) {
+		/* Content straight from the caller's buffer, without a copy
+		 * into the held input (issue 12); only what follows the end
+		 * of data is held, as below. */
+		size_t used = scan_data(m, p, n);
+		if (m->phase == PHASE_CLOSED || used == n)
+			return;
+		p += used;
+		n -= used;
+	}
 	if (!buf_append(&m->in, p, n)) {
 		out_of_memory(m);
 		return;
 	}
 	process_client(m);
+	/* An idle session keeps no input buffer either. */
+	if (!m->in.len)
+		buf_free(&m->in);
 }
 
 /* ---- backend replies --------------------------------------------------- */
@@ -706,6 +729,9 @@ void smtp_machine_feed_backend(struct smtp_machine *m, const char *p, size_t n)
 			return;
 		handle_reply(m, m->reply.code, m->reply.text.data, m->reply.text.len);
 		reply_parser_reset(&m->reply);
+		/* An idle session keeps no reply buffer (issue 12). */
+		if (i == n)
+			buf_free(&m->reply.text);
 		release_local(m);
 		process_client(m);
 	}
