@@ -613,9 +613,16 @@ def test_slow_loris_holds_no_slot_past_idle_timeout(tlsfront_factory, aiosmtpd_b
     closed = loris.is_closed(timeout=5)
     loris.close()
     t1 = time.monotonic()
-    nxt = tf.connect()
-    served = nxt.read_reply()
-    nxt.close()
+    # The client sees the close a moment before tlsfront's last close
+    # callback frees the slot: a 421 4.7.0 within that moment is retried
+    # (bounded at 2 s, reported as next_wait_s).
+    for _ in range(40):
+        nxt = tf.connect()
+        served = nxt.read_reply()
+        nxt.close()
+        if served.code == 220 or time.monotonic() - t1 > 2:
+            break
+        time.sleep(0.05)
     line = figures(idle_timeout=idle, tls=tls, bytes_sent=sent, held_s="%.1f" % held,
                    loris_got=repr(reply), other_client_meanwhile=repr(refused_meanwhile),
                    next_client=served.code, next_wait_s="%.2f" % (time.monotonic() - t1))
