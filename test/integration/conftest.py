@@ -11,6 +11,7 @@
 The binary is $TLSFRONT_BIN (meson sets it), else build/tlsfront of this checkout.
 """
 import os
+import sys
 
 import pytest
 
@@ -92,3 +93,25 @@ def tlsfront_factory(tmp_path, tlsfront_bin):
 def front(tlsfront_factory, aiosmtpd_backend):
     """tlsfront in front of aiosmtpd with the default test configuration."""
     return tlsfront_factory(aiosmtpd_backend.port)
+
+
+@pytest.fixture
+def figures(request, capsys, tlsfront_bin):
+    """figures(key=value, ...): one "FIGURES test=NAME key=value ..." line on
+    the real stdout (past pytest's capture, so meson's testlog has it) and in
+    $TLSFRONT_FIGURES; returns the line for assertion messages. Used by the
+    abuse and soak tests."""
+    build = "sanitized" if tfhelpers.is_sanitized_build(tlsfront_bin) else "plain"
+
+    def report(**values):
+        line = "FIGURES test=%s build=%s %s" % (
+            request.node.name, build, " ".join("%s=%s" % kv for kv in values.items()))
+        with capsys.disabled():
+            sys.stdout.write("\n" + line + "\n")
+            sys.stdout.flush()
+        path = os.environ.get("TLSFRONT_FIGURES")
+        if path:
+            with open(path, "a") as f:
+                f.write(line + "\n")
+        return line
+    return report

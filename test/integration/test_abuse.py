@@ -45,26 +45,6 @@ SANITIZED = is_sanitized_build(tlsfront_bin())
 
 # ---- figures, process measurements ------------------------------------------
 
-@pytest.fixture
-def figures(request, capsys):
-    """figures(key=value, ...): one "FIGURES test=NAME key=value ..." line on
-    the real stdout (past pytest's capture, so meson's testlog has it) and in
-    $TLSFRONT_FIGURES; returns the line for assertion messages."""
-    def report(**values):
-        line = "FIGURES test=%s build=%s %s" % (
-            request.node.name, "sanitized" if SANITIZED else "plain",
-            " ".join("%s=%s" % kv for kv in values.items()))
-        with capsys.disabled():
-            sys.stdout.write("\n" + line + "\n")
-            sys.stdout.flush()
-        path = os.environ.get("TLSFRONT_FIGURES")
-        if path:
-            with open(path, "a") as f:
-                f.write(line + "\n")
-        return line
-    return report
-
-
 def proc_status_kib(pid, key):
     with open("/proc/%d/status" % pid) as f:
         for line in f:

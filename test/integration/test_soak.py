@@ -68,23 +68,6 @@ def soak_seconds(outbound):
     return 60.0 if outbound else 120.0
 
 
-@pytest.fixture
-def figures(request, capsys):
-    def report(**values):
-        line = "FIGURES test=%s build=%s %s" % (
-            request.node.name, "sanitized" if SANITIZED else "plain",
-            " ".join("%s=%s" % kv for kv in values.items()))
-        with capsys.disabled():
-            sys.stdout.write("\n" + line + "\n")
-            sys.stdout.flush()
-        path = os.environ.get("TLSFRONT_FIGURES")
-        if path:
-            with open(path, "a") as f:
-                f.write(line + "\n")
-        return line
-    return report
-
-
 def rss_kib(pid, key="VmRSS"):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
