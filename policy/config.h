@@ -51,6 +51,18 @@ struct tf_cert_pair {
 	struct tf_key_source ocsp_source; /* where ocsp was set */
 };
 
+/* Issue 14: a milter of inbound.milters or outbound.milters. */
+#define TF_MAX_MILTERS 8
+enum tf_milter_action { TF_MILTER_ACCEPT = 0, TF_MILTER_TEMPFAIL, TF_MILTER_REJECT };
+struct tf_milter_config {
+	char *name;   /* owned; for the log; default: the socket text */
+	char *socket; /* owned; "inet:HOST:PORT" (HOST an IP literal or a name,
+		       * "[v6]" allowed) or "unix:/path", as written */
+	enum tf_milter_action default_action; /* default tempfail (Postfix) */
+	unsigned timeout;		      /* seconds per reply; default 30 */
+	unsigned connect_timeout;	      /* seconds; default 30 */
+};
+
 struct tf_listener_config {
 	bool enabled;
 	char *listen[TF_MAX_LISTEN]; /* "host:port" / "[v6]:port", owned */
@@ -86,6 +98,8 @@ struct tf_config {
 	struct {
 		struct tf_listener_config tcp;
 		struct tf_listener_config tls;
+		struct tf_milter_config milters[TF_MAX_MILTERS];
+		size_t n_milters;
 	} inbound;
 
 	struct {
@@ -96,6 +110,8 @@ struct tf_config {
 		enum tf_outbound_tls tls;
 		char *ca_file; /* owned */
 		unsigned connect_timeout;
+		struct tf_milter_config milters[TF_MAX_MILTERS];
+		size_t n_milters;
 	} outbound;
 
 	struct {
@@ -105,6 +121,11 @@ struct tf_config {
 		unsigned line_length;
 		unsigned max_errors;
 		unsigned shutdown_timeout;
+		/* Issue 14: the largest message held for milters, in bytes;
+		 * advertised as SIZE in sessions with milters. Default
+		 * 52428800 (50 MiB). Sessions without milters stream
+		 * content and leave SIZE to the backend. */
+		unsigned long message_size_limit;
 	} limits;
 
 	/* Issue 13: the Prometheus /metrics and /healthz endpoint; no
