@@ -9,6 +9,7 @@
  * decision of its own: it asks policy/smtp_rules.
  */
 #include "proxy/smtp/smtp_machine.h"
+#include "proxy/smtp/smtp_machine_priv.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -23,7 +24,6 @@ static const char R_STARTTLS[] = "220 2.0.0 Ready to start TLS";
 static const char R_BARE_REJECT[] =
     "550 5.5.2 Error: bare CR or LF in message content (SMTP smuggling defence)";
 
-static void process_client(struct smtp_machine *m);
 
 void smtp_machine_init(struct smtp_machine *m, const struct smtp_machine_config *cfg)
 {
@@ -50,6 +50,7 @@ void smtp_machine_skip_greeting(struct smtp_machine *m)
 
 void smtp_machine_free(struct smtp_machine *m)
 {
+	sm_milter_free(m);
 	buf_free(&m->in);
 	buf_free(&m->act.to_client);
 	buf_free(&m->act.to_backend);
@@ -66,6 +67,10 @@ void smtp_machine_clear_actions(struct smtp_machine *m)
 	m->act.config_error = false;
 	m->act.note_reply[0] = '\0';
 	memset(m->act.refused, 0, sizeof(m->act.refused));
+	m->act.milter_abort = false;
+	m->act.milter_event = MEV_NONE;
+	m->act.milter_arg = NULL;
+	m->act.send_held = false;
 	/* close and reason stay: a closed machine stays closed. */
 }
 
@@ -132,18 +137,18 @@ static bool fifo_full(const struct smtp_machine *m)
 	return m->fifo_len == SMTP_FIFO_MAX;
 }
 
-static void fifo_push(struct smtp_machine *m, struct smtp_pending p)
+void sm_fifo_push(struct smtp_machine *m, struct smtp_pending p)
 {
 	m->fifo[(m->fifo_head + m->fifo_len) % SMTP_FIFO_MAX] = p;
 	m->fifo_len++;
 }
 
-static struct smtp_pending *fifo_peek(struct smtp_machine *m)
+struct smtp_pending *sm_fifo_peek(struct smtp_machine *m)
 {
 	return m->fifo_len ? &m->fifo[m->fifo_head] : NULL;
 }
 
-static void fifo_pop(struct smtp_machine *m)
+void sm_fifo_pop(struct smtp_machine *m)
 {
 	m->fifo_head = (m->fifo_head + 1) % SMTP_FIFO_MAX;
 	m->fifo_len--;
@@ -151,18 +156,17 @@ static void fifo_pop(struct smtp_machine *m)
 
 /* ---- output ------------------------------------------------------------ */
 
-static void out_of_memory(struct smtp_machine *m);
 
-static void to_client(struct smtp_machine *m, const char *p, size_t n)
+void sm_to_client(struct smtp_machine *m, const char *p, size_t n)
 {
 	if (!buf_append(&m->act.to_client, p, n))
-		out_of_memory(m);
+		sm_out_of_memory(m);
 }
 
-static void to_backend(struct smtp_machine *m, const char *p, size_t n)
+void sm_to_backend(struct smtp_machine *m, const char *p, size_t n)
 {
 	if (!buf_append(&m->act.to_backend, p, n))
-		out_of_memory(m);
+		sm_out_of_memory(m);
 }
 
 static void close_session(struct smtp_machine *m, enum smtp_close_reason reason)
@@ -186,11 +190,11 @@ static void say_and_close(struct smtp_machine *m, const char *code_status, const
 	char line[512];
 	int n = snprintf(line, sizeof(line), "%s %s %s\r\n", code_status, m->cfg.server_name, text);
 	if (n > 0)
-		to_client(m, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+		sm_to_client(m, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 	close_session(m, reason);
 }
 
-static void out_of_memory(struct smtp_machine *m)
+void sm_out_of_memory(struct smtp_machine *m)
 {
 	/* Nothing more can be promised: tell the client to retry later. */
 	m->act.note = "out of memory";
@@ -217,43 +221,46 @@ static bool is_error_code(int code)
 }
 
 /* Sends a local reply line (static text, no CRLF) to the client. */
-static void local_reply(struct smtp_machine *m, const char *reply)
+void sm_local_reply(struct smtp_machine *m, const char *reply)
 {
-	to_client(m, reply, strlen(reply));
-	to_client(m, "\r\n", 2);
+	sm_to_client(m, reply, strlen(reply));
+	sm_to_client(m, "\r\n", 2);
 	if (reply[0] == '5' || reply[0] == '4')
 		count_error(m);
 }
 
 /* Releases the local replies (and the STARTTLS 220) now at the FIFO head. */
-static void release_local(struct smtp_machine *m)
+void sm_release_local(struct smtp_machine *m)
 {
 	struct smtp_pending *p;
-	while (m->phase != PHASE_CLOSED && (p = fifo_peek(m))) {
+	while (m->phase != PHASE_CLOSED && (p = sm_fifo_peek(m))) {
 		if (p->kind == PEND_LOCAL) {
 			const char *reply = p->reply;
-			fifo_pop(m);
-			local_reply(m, reply);
+			sm_fifo_pop(m);
+			sm_local_reply(m, reply);
 		} else if (p->kind == PEND_STARTTLS) {
-			fifo_pop(m);
-			to_client(m, R_STARTTLS, sizeof(R_STARTTLS) - 1);
-			to_client(m, "\r\n", 2);
+			sm_fifo_pop(m);
+			sm_to_client(m, R_STARTTLS, sizeof(R_STARTTLS) - 1);
+			sm_to_client(m, "\r\n", 2);
 			m->act.start_tls = true;
 			m->phase = PHASE_HANDSHAKE;
 			/* Nothing may be pending behind STARTTLS: input
 			 * after it was discarded. */
 			m->fifo_len = 0;
 			return;
+		} else if (p->kind == PEND_MILTER_REPLY || p->kind == PEND_MILTER_DATA) {
+			if (!sm_milter_release(m, p))
+				return;
 		} else {
 			return;
 		}
 	}
 }
 
-static void queue_local(struct smtp_machine *m, const char *reply)
+void sm_queue_local(struct smtp_machine *m, const char *reply)
 {
-	fifo_push(m, (struct smtp_pending){.kind = PEND_LOCAL, .reply = reply});
-	release_local(m);
+	sm_fifo_push(m, (struct smtp_pending){.kind = PEND_LOCAL, .reply = reply});
+	sm_release_local(m);
 }
 
 /* ---- client lines ------------------------------------------------------ */
@@ -264,10 +271,10 @@ static bool line_is_clean(const char *line, size_t len)
 	return !memchr(line, '\0', len) && !memchr(line, '\r', len);
 }
 
-static void forward_line(struct smtp_machine *m, const char *line, size_t len)
+void sm_forward_line(struct smtp_machine *m, const char *line, size_t len)
 {
-	to_backend(m, line, len);
-	to_backend(m, "\r\n", 2);
+	sm_to_backend(m, line, len);
+	sm_to_backend(m, "\r\n", 2);
 }
 
 /* §7.3: refuses a SASL line and cancels the exchange at the backend; the
@@ -275,10 +282,10 @@ static void forward_line(struct smtp_machine *m, const char *line, size_t len)
 static void cancel_auth(struct smtp_machine *m, const char *reply)
 {
 	auth_forget(m);
-	forward_line(m, "*", 1);
-	fifo_push(m, (struct smtp_pending){.kind = PEND_INTERNAL});
+	sm_forward_line(m, "*", 1);
+	sm_fifo_push(m, (struct smtp_pending){.kind = PEND_INTERNAL});
 	m->phase = PHASE_COMMAND;
-	queue_local(m, reply);
+	sm_queue_local(m, reply);
 }
 
 /* A line over the limit: 500 5.5.2. Inside an AUTH exchange the backend
@@ -290,7 +297,7 @@ static void line_too_long(struct smtp_machine *m)
 	if (m->phase == PHASE_AUTH)
 		cancel_auth(m, R_LINE_LONG);
 	else
-		queue_local(m, R_LINE_LONG);
+		sm_queue_local(m, R_LINE_LONG);
 }
 
 static void handle_auth_line(struct smtp_machine *m, const char *line, size_t len)
@@ -303,8 +310,8 @@ static void handle_auth_line(struct smtp_machine *m, const char *line, size_t le
 	/* SASL data: passed on as it is, never parsed as a command, never
 	 * logged; only the line that names the user is read (§3.6). */
 	auth_read_line(m, line, len);
-	forward_line(m, line, len);
-	fifo_push(m, (struct smtp_pending){.kind = PEND_AUTH_DATA});
+	sm_forward_line(m, line, len);
+	sm_fifo_push(m, (struct smtp_pending){.kind = PEND_AUTH_DATA});
 	m->phase = PHASE_WAIT_AUTH;
 }
 
@@ -312,7 +319,7 @@ static void handle_command(struct smtp_machine *m, const char *line, size_t len)
 {
 	if (!line_is_clean(line, len)) {
 		m->act.refused[REFUSAL_SYNTAX]++;
-		queue_local(m, R_LINE_BAD);
+		sm_queue_local(m, R_LINE_BAD);
 		return;
 	}
 	bool has_args;
@@ -322,8 +329,8 @@ static void handle_command(struct smtp_machine *m, const char *line, size_t len)
 	if (verb != VERB_XCLIENT && verb != VERB_XFORWARD && smtp_rules_is_http(line, len)) {
 		/* Cross-protocol attack (ALPACA): answer at once and go. */
 		m->act.refused[REFUSAL_HTTP]++;
-		to_client(m, R_HTTP, sizeof(R_HTTP) - 1);
-		to_client(m, "\r\n", 2);
+		sm_to_client(m, R_HTTP, sizeof(R_HTTP) - 1);
+		sm_to_client(m, "\r\n", 2);
 		m->act.note = "HTTP request line from client";
 		close_session(m, CLOSE_POLICY);
 		return;
@@ -332,16 +339,18 @@ static void handle_command(struct smtp_machine *m, const char *line, size_t len)
 	const char *refusal = smtp_rules_check_rule(&m->rules, verb, has_args, &rule);
 	if (refusal) {
 		m->act.refused[rule]++;
-		queue_local(m, refusal);
+		sm_queue_local(m, refusal);
 		return;
 	}
 	if (verb == VERB_STARTTLS) {
 		m->phase = PHASE_STARTTLS;
-		fifo_push(m, (struct smtp_pending){.kind = PEND_STARTTLS});
+		sm_fifo_push(m, (struct smtp_pending){.kind = PEND_STARTTLS});
 		return; /* process_client discards what follows; then release */
 	}
-	forward_line(m, line, len);
-	fifo_push(m, (struct smtp_pending){.kind = PEND_COMMAND, .verb = (unsigned char)verb});
+	if (m->cfg.milters && sm_milter_command(m, verb, line, len))
+		return;
+	sm_forward_line(m, line, len);
+	sm_fifo_push(m, (struct smtp_pending){.kind = PEND_COMMAND, .verb = (unsigned char)verb});
 	if (verb == VERB_EHLO || verb == VERB_HELO)
 		m->rules.needs_ehlo = false; /* §3.5: "until the client sends EHLO" */
 	if (verb == VERB_DATA)
@@ -431,12 +440,12 @@ static size_t scan_data(struct smtp_machine *m, const char *p, size_t n)
 {
 	bool draining = m->phase == PHASE_REJECT_DRAIN;
 	struct buf scratch = {0};
-	struct buf *out = draining ? &scratch : &m->act.to_backend;
+	struct buf *out = draining ? &scratch : m->holding ? &m->act.to_hold : &m->act.to_backend;
 	bool end;
 	size_t used = data_scanner_feed(&m->data, p, n, out, &end);
 	buf_free(&scratch);
 	if (used == (size_t)-1) {
-		out_of_memory(m);
+		sm_out_of_memory(m);
 		return 0;
 	}
 	if (used)
@@ -445,6 +454,8 @@ static size_t scan_data(struct smtp_machine *m, const char *p, size_t n)
 	if (!draining && m->data.bare_seen && m->cfg.reject_bare) {
 		/* §3.7 reject: the backend must never see an end of data. */
 		buf_free(&m->act.to_backend);
+		buf_free(&m->act.to_hold);
+		m->holding = false;
 		m->act.drop_backend = true;
 		m->act.refused[REFUSAL_BARE_NEWLINE]++;
 		m->act.note = "bare CR or LF in message content: backend dropped";
@@ -454,11 +465,15 @@ static size_t scan_data(struct smtp_machine *m, const char *p, size_t n)
 	if (!end)
 		return used;
 	if (draining) {
-		local_reply(m, R_BARE_REJECT);
+		sm_local_reply(m, R_BARE_REJECT);
 		say_and_close(m, "421 4.7.0", "Error: closing after bare newline", CLOSE_POLICY);
 		return used;
 	}
-	fifo_push(m, (struct smtp_pending){.kind = PEND_DATA_END});
+	if (m->holding) {
+		sm_milter_data_end(m);
+		return used;
+	}
+	sm_fifo_push(m, (struct smtp_pending){.kind = PEND_DATA_END});
 	m->phase = PHASE_COMMAND;
 	return used;
 }
@@ -471,9 +486,11 @@ static void process_data(struct smtp_machine *m)
 		buf_consume(&m->in, used);
 }
 
-static void process_client(struct smtp_machine *m)
+void sm_process_client(struct smtp_machine *m)
 {
 	for (;;) {
+		if (m->milter_wait)
+			return; /* input waits for the milters' verdict */
 		switch (m->phase) {
 		case PHASE_COMMAND:
 		case PHASE_AUTH:
@@ -495,7 +512,7 @@ static void process_client(struct smtp_machine *m)
 				m->act.discarded += m->in.len;
 				m->in.len = 0;
 			}
-			release_local(m);
+			sm_release_local(m);
 			return;
 		default: /* greeting, waiting for a reply, handshake, closed */
 			return;
@@ -524,10 +541,10 @@ void smtp_machine_feed_client(struct smtp_machine *m, const char *p, size_t n)
 		n -= used;
 	}
 	if (!buf_append(&m->in, p, n)) {
-		out_of_memory(m);
+		sm_out_of_memory(m);
 		return;
 	}
-	process_client(m);
+	sm_process_client(m);
 	/* An idle session keeps no input buffer either. */
 	if (!m->in.len)
 		buf_free(&m->in);
@@ -537,7 +554,7 @@ void smtp_machine_feed_client(struct smtp_machine *m, const char *p, size_t n)
 
 static void relay(struct smtp_machine *m, int code, const char *text, size_t len)
 {
-	to_client(m, text, len);
+	sm_to_client(m, text, len);
 	if (is_error_code(code))
 		count_error(m);
 }
@@ -546,10 +563,10 @@ static void relay(struct smtp_machine *m, int code, const char *text, size_t len
 
 static void start_xclient(struct smtp_machine *m)
 {
-	to_backend(m, "EHLO ", 5);
-	to_backend(m, m->cfg.server_name, strlen(m->cfg.server_name));
-	to_backend(m, "\r\n", 2);
-	fifo_push(m, (struct smtp_pending){.kind = PEND_XCLIENT_EHLO});
+	sm_to_backend(m, "EHLO ", 5);
+	sm_to_backend(m, m->cfg.server_name, strlen(m->cfg.server_name));
+	sm_to_backend(m, "\r\n", 2);
+	sm_fifo_push(m, (struct smtp_pending){.kind = PEND_XCLIENT_EHLO});
 }
 
 /* xtext (RFC 3461 §4): '+', '=' and octets outside 33..126 as "+HH". */
@@ -560,9 +577,9 @@ static void put_xtext(struct smtp_machine *m, const char *v)
 		if (c < 33 || c > 126 || c == '+' || c == '=') {
 			char hex[4];
 			snprintf(hex, sizeof(hex), "+%02X", c);
-			to_backend(m, hex, 3);
+			sm_to_backend(m, hex, 3);
 		} else {
-			to_backend(m, v, 1);
+			sm_to_backend(m, v, 1);
 		}
 	}
 }
@@ -571,13 +588,13 @@ static void send_xclient(struct smtp_machine *m)
 {
 	char port[16];
 	snprintf(port, sizeof(port), "%u", m->cfg.xclient_port);
-	to_backend(m, "XCLIENT ADDR=", 13);
+	sm_to_backend(m, "XCLIENT ADDR=", 13);
 	put_xtext(m, m->cfg.xclient_addr);
-	to_backend(m, " PORT=", 6);
+	sm_to_backend(m, " PORT=", 6);
 	put_xtext(m, port);
 	static const char name[] = " NAME=[UNAVAILABLE]\r\n";
-	to_backend(m, name, sizeof(name) - 1);
-	fifo_push(m, (struct smtp_pending){.kind = PEND_XCLIENT});
+	sm_to_backend(m, name, sizeof(name) - 1);
+	sm_fifo_push(m, (struct smtp_pending){.kind = PEND_XCLIENT});
 }
 
 /* §3.3: the backend's EHLO or XCLIENT reply was not the expected one. The
@@ -600,14 +617,14 @@ static void xclient_failed(struct smtp_machine *m, const char *note, const char 
 
 static void handle_reply(struct smtp_machine *m, int code, const char *text, size_t len)
 {
-	struct smtp_pending *head = fifo_peek(m);
+	struct smtp_pending *head = sm_fifo_peek(m);
 	bool xclient_step = head && (head->kind == PEND_XCLIENT_EHLO || head->kind == PEND_XCLIENT);
 	if (code == 421 && !xclient_step) {
 		/* The backend is closing (RFC 5321 §3.8), whatever the reply
 		 * answered: pass its 421 on, and close without one of ours.
 		 * Not so for the replies to tlsfront's own EHLO and XCLIENT
 		 * (§3.3): the client gets 421 4.3.5, and the log says why. */
-		to_client(m, text, len);
+		sm_to_client(m, text, len);
 		close_session(m, CLOSE_BACKEND_CLOSED);
 		return;
 	}
@@ -621,7 +638,7 @@ static void handle_reply(struct smtp_machine *m, int code, const char *text, siz
 		return;
 	}
 	struct smtp_pending p = *head;
-	fifo_pop(m);
+	sm_fifo_pop(m);
 
 	switch (p.kind) {
 	case PEND_GREETING:
@@ -657,6 +674,9 @@ static void handle_reply(struct smtp_machine *m, int code, const char *text, siz
 		break;
 	case PEND_INTERNAL:
 		break; /* tlsfront's own RSET or "*": not the client's */
+	case PEND_HELD_DATA:
+		sm_milter_held_data_reply(m, code, text, len);
+		break;
 	case PEND_DATA_END:
 		relay(m, code, text, len);
 		if (code >= 200 && code < 300) {
@@ -671,14 +691,14 @@ static void handle_reply(struct smtp_machine *m, int code, const char *text, siz
 			if (code != 334)
 				auth_final(m, code);
 			/* 535 (bad credentials) is not a protocol error. */
-			to_client(m, text, len);
+			sm_to_client(m, text, len);
 			if (code != 535 && is_error_code(code))
 				count_error(m);
 			break;
 		}
 		if (p.verb == VERB_EHLO) {
 			if (!ehlo_rewrite(&m->rules, code, text, len, &m->act.to_client))
-				out_of_memory(m);
+				sm_out_of_memory(m);
 			if (is_error_code(code))
 				count_error(m);
 			break;
@@ -703,6 +723,8 @@ static void handle_reply(struct smtp_machine *m, int code, const char *text, siz
 				count_error(m);
 			break;
 		}
+		if (m->cfg.milters)
+			sm_milter_reply(m, (enum smtp_verb)p.verb, code);
 		relay(m, code, text, len);
 		if (p.verb == VERB_QUIT && code == 221) {
 			m->quit_acked = true;
@@ -732,8 +754,8 @@ void smtp_machine_feed_backend(struct smtp_machine *m, const char *p, size_t n)
 		/* An idle session keeps no reply buffer (issue 12). */
 		if (i == n)
 			buf_free(&m->reply.text);
-		release_local(m);
-		process_client(m);
+		sm_release_local(m);
+		sm_process_client(m);
 	}
 }
 
@@ -750,8 +772,13 @@ void smtp_machine_tls_established(struct smtp_machine *m)
 	memset(m->user, 0, sizeof(m->user));
 	/* RFC 3207 §4.2: forget everything of the plaintext phase. */
 	buf_free(&m->in);
-	forward_line(m, "RSET", 4);
-	fifo_push(m, (struct smtp_pending){.kind = PEND_INTERNAL});
+	if (m->cfg.milters && m->in_txn) {
+		m->act.milter_abort = true;
+		m->in_txn = false;
+		m->discard = false;
+	}
+	sm_forward_line(m, "RSET", 4);
+	sm_fifo_push(m, (struct smtp_pending){.kind = PEND_INTERNAL});
 	m->phase = PHASE_COMMAND;
 }
 

@@ -78,6 +78,41 @@ struct smtp_actions {
 	/* Refusals decided since the last clear, by rule (smtp_rules.h), for
 	 * the proxy's metrics: counted when the machine decides to refuse. */
 	unsigned refused[REFUSAL_COUNT];
+
+	/* Milters (issue 14, cfg.milters only). */
+	struct buf to_hold;	     /* message content (wire form, dot-stuffed,
+				      * ending ".\r\n") to hold, not to send */
+	bool milter_abort;	     /* first: the transaction ended (SMFIC_ABORT) */
+	unsigned char milter_event;  /* enum smtp_milter_event: ask the milters,
+				      * then smtp_machine_milter_verdict() */
+	const char *milter_arg;	     /* HELO/EHLO domain, or MAIL/RCPT text after
+				      * the colon; borrowed until the verdict */
+	bool send_held;		     /* the backend said 354: send the held
+				      * message, then smtp_machine_held_sent() */
+};
+
+enum smtp_milter_event {
+	MEV_NONE = 0,
+	MEV_HELO, /* HELO or EHLO */
+	MEV_MAIL,
+	MEV_RCPT,
+	MEV_DATA,
+	MEV_EOM, /* the end of the held message: answer with
+		  * smtp_machine_milter_verdict() (refusal, discard) or
+		  * smtp_machine_milter_deliver() */
+};
+
+enum smtp_milter_verdict { SMV_CONTINUE = 0, SMV_REFUSE, SMV_DISCARD };
+
+/* What the milters changed in the envelope at end of message. */
+struct smtp_envelope_change {
+	const char *sender;	 /* new MAIL FROM address, or NULL */
+	const char *sender_args; /* its ESMTP arguments, or NULL */
+	const char *const *add;	 /* recipients to add */
+	const char *const *add_args; /* their ESMTP arguments (entries may be NULL) */
+	size_t n_add;
+	const char *const *del; /* recipients to remove */
+	size_t n_del;
 };
 
 struct smtp_machine_config {
@@ -96,6 +131,10 @@ struct smtp_machine_config {
 	bool xclient;
 	char xclient_addr[64];
 	unsigned xclient_port;
+	/* Issue 14: milters are configured for this session: HELO, MAIL,
+	 * RCPT and DATA wait for their verdict, and message content is held
+	 * (act.to_hold) until they have seen all of it. */
+	bool milters;
 };
 
 enum smtp_pending_kind {
@@ -108,6 +147,9 @@ enum smtp_pending_kind {
 	PEND_STARTTLS,	   /* the 220 to STARTTLS; released in its turn */
 	PEND_XCLIENT_EHLO, /* tlsfront's EHLO before XCLIENT (§3.3) */
 	PEND_XCLIENT,	   /* XCLIENT: its 220 is the client's greeting */
+	PEND_MILTER_REPLY, /* a milter's refusal; reply is owned (malloc'd) */
+	PEND_MILTER_DATA,  /* the client's DATA, answered once the milters agree */
+	PEND_HELD_DATA,	   /* tlsfront's DATA for a held message */
 };
 
 struct smtp_pending {
@@ -142,6 +184,20 @@ struct smtp_machine {
 	unsigned char auth_next;	     /* enum sasl_mech of the next SASL line */
 	char user_candidate[SASL_USER_SIZE]; /* the exchange in progress; "" */
 	char user[SASL_USER_SIZE];	     /* of the 235; "" when none */
+
+	/* Milters (issue 14; milter_gate.c). */
+	bool milter_wait;	 /* a verdict is awaited: client input is held */
+	unsigned char milter_ev; /* the event awaiting its verdict */
+	unsigned char milter_verb; /* the verb of milter_line */
+	struct buf milter_line;	 /* the command awaiting its verdict */
+	bool holding;		 /* message content goes to act.to_hold */
+	bool in_txn;		 /* the milters saw MAIL; no end of message yet */
+	bool discard;		 /* a milter said discard in this transaction */
+	struct buf txn_mail;	 /* the MAIL line forwarded in this transaction */
+	struct buf rcpt_pending; /* forwarded RCPT lines awaiting their reply */
+	struct buf rcpt_ok;	 /* RCPT lines the backend accepted */
+	unsigned rcpts_ok;
+	char *session_refusal; /* a milter refused the connection: MAIL gets this */
 };
 
 void smtp_machine_init(struct smtp_machine *m, const struct smtp_machine_config *cfg);
@@ -180,6 +236,20 @@ const char *smtp_machine_user(const struct smtp_machine *m);
 bool smtp_machine_wants_client_input(const struct smtp_machine *m);
 
 void smtp_machine_clear_actions(struct smtp_machine *m);
+
+/* Milters (issue 14). The verdict on act.milter_event; reply (for
+ * SMV_REFUSE) is the complete reply, CRLF-terminated. For MEV_EOM,
+ * SMV_CONTINUE is given by smtp_machine_milter_deliver() instead. */
+void smtp_machine_milter_verdict(struct smtp_machine *m, enum smtp_milter_verdict v,
+				 const char *reply);
+/* The milters refused the connection (their verdict at connect): every
+ * MAIL gets reply. */
+void smtp_machine_milter_refuse_session(struct smtp_machine *m, const char *reply);
+/* End of message accepted by the milters: the envelope changes go to the
+ * backend, then DATA; its 354 sets act.send_held. */
+void smtp_machine_milter_deliver(struct smtp_machine *m, const struct smtp_envelope_change *c);
+/* The held message and its end of data were written to the backend. */
+void smtp_machine_held_sent(struct smtp_machine *m);
 
 const char *smtp_phase_name(enum smtp_phase phase);
 const char *smtp_close_reason_name(enum smtp_close_reason reason);
