@@ -70,6 +70,18 @@ void address_format(const struct sockaddr *sa, char *out, size_t outlen)
 	}
 }
 
+void address_ip(const struct sockaddr *sa, char *out, size_t outlen)
+{
+	if (!outlen)
+		return;
+	out[0] = '\0';
+	if (sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)outlen);
+	else if (sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out,
+			  (socklen_t)outlen);
+}
+
 unsigned address_port(const struct sockaddr *sa)
 {
 	if (sa->sa_family == AF_INET)

@@ -27,6 +27,9 @@ int address_resolve(const char *text, bool numeric_only, struct tf_addr *out, ch
  * unix socket, "unknown" for any other family (AF_UNSPEC included). */
 void address_format(const struct sockaddr *sa, char *out, size_t outlen);
 
+/* The IP of an inet address alone ("1.2.3.4", "::1"); "" for others. */
+void address_ip(const struct sockaddr *sa, char *out, size_t outlen);
+
 /* The port of an inet address, 0 for others. */
 unsigned address_port(const struct sockaddr *sa);
 

@@ -25,6 +25,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include "proxy/address.h"
 #include "proxy/conn_limits.h"
 #include "proxy/endpoint.h"
 #include "policy/outbound_policy.h"
@@ -74,6 +75,7 @@ static void free_outbound(struct conn_life *l)
 	if (s->admitted)
 		conn_limits_release((struct sockaddr *)&s->legacy_ss);
 	outbound_nego_free(&s->nego);
+	milter_session_free(s->milt);
 	smtp_machine_free(&s->machine);
 	endpoint_free_tls(&s->peer_ep);
 	app_unref(s->app);
@@ -515,10 +517,14 @@ static void reconnect(struct outbound *s)
 	connect_peer(s);
 }
 
+static void start_milters(struct outbound *s);
+
 static void splice_machine(struct outbound *s)
 {
 	s->spliced = true;
 	smtp_machine_skip_greeting(&s->machine);
+	if (s->machine.cfg.milters)
+		start_milters(s);
 	size_t len;
 	char *held = outbound_nego_take_held(&s->nego, &len);
 	if (len)
@@ -596,6 +602,8 @@ static void outbound_step(struct outbound *s)
 	size_t len;
 	char *data;
 
+	if (s->milt)
+		milter_session_actions(s->milt);
 	if (a->drop_backend && !s->peer_gone) {
 		s->peer_gone = true;
 		close_peers(s);
@@ -636,6 +644,71 @@ static void outbound_step(struct outbound *s)
 	if (s->peer_ep.tls && s->peer_ep.tls->established && peer_wanted(s) &&
 	    tls_io_pending(s->peer_ep.tls))
 		pump_tls(s);
+	if (s->milt && !s->closing)
+		milter_session_pump(s->milt);
+}
+
+/* ---- milters (issue 14) ------------------------------------------------ */
+
+static void milt_send_peer(void *owner, char *data, size_t len)
+{
+	send_peer(owner, data, len);
+}
+
+static bool milt_backlogged(void *owner)
+{
+	struct outbound *s = owner;
+	return s->closing || !s->peer_connected || s->peer_gone || peer_backlogged(s);
+}
+
+static void milt_refresh(void *owner, struct milter_session_info *info)
+{
+	struct outbound *s = owner;
+	(void)s;
+	/* The legacy server's leg is plaintext: no TLS macros, no AUTH. */
+	info->tls_version = NULL;
+	info->cipher = NULL;
+}
+
+static void milt_failed(void *owner, const char *why)
+{
+	struct outbound *s = owner;
+	log_msg(TF_LOG_ERROR, "event=milter_error id=%s error=\"%s\"", s->id, why);
+	peer_lost(s);
+}
+
+static void milt_step(void *owner)
+{
+	outbound_step(owner);
+}
+
+static const struct milter_session_ops milt_ops = {
+    .send_backend = milt_send_peer,
+    .backend_backlogged = milt_backlogged,
+    .refresh = milt_refresh,
+    .failed = milt_failed,
+    .step = milt_step,
+};
+
+/* The milters' view of the legacy server, then connect and its HELO (the
+ * greeting and first EHLO went through outbound_nego). */
+static void start_milters(struct outbound *s)
+{
+	const struct tf_config *cfg = &s->app->cfg;
+	s->milt = milter_session_new(s->life.accepted.loop, cfg->outbound.milters,
+				     cfg->outbound.n_milters, cfg->limits.message_size_limit,
+				     &s->machine, s, &milt_ops, s->id);
+	if (!s->milt) {
+		smtp_machine_backend_unavailable(&s->machine);
+		return;
+	}
+	struct milter_session_info *info = &s->milt->info;
+	info->server_name = cfg->server_name;
+	info->client_family = s->legacy_ss.ss_family;
+	address_ip((struct sockaddr *)&s->legacy_ss, info->client_addr, sizeof(info->client_addr));
+	info->client_port = address_port((struct sockaddr *)&s->legacy_ss);
+	snprintf(s->milt->client_name, sizeof(s->milt->client_name), "[%s]", info->client_addr);
+	milter_session_start(s->milt, s->nego.name);
 }
 
 /* ---- start ------------------------------------------------------------- */
@@ -831,6 +904,7 @@ static void machine_config(const struct app *app, struct smtp_machine_config *mc
 	mc->max_errors = cfg->limits.max_errors;
 	mc->reject_bare = cfg->bare_newlines == TF_BARE_REJECT;
 	mc->server_name = cfg->server_name;
+	mc->milters = cfg->outbound.n_milters > 0;
 }
 
 void outbound_accept(struct listener *l, int fd)

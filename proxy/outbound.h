@@ -41,6 +41,7 @@
 
 #include "proxy/conn_life.h"
 #include "proxy/endpoint.h"
+#include "proxy/milter_session.h"
 #include "proxy/smtp/outbound_nego.h"
 #include "proxy/smtp/smtp_machine.h"
 #include "proxy/worker.h"
@@ -62,6 +63,7 @@ struct outbound {
 
 	struct outbound_nego nego;
 	struct smtp_machine machine;
+	struct milter_session *milt; /* owned; NULL without outbound.milters */
 	struct endpoint legacy_ep, peer_ep;
 	struct app *app;
 

@@ -104,6 +104,7 @@ static void free_session(struct conn_life *l)
 		conn_limits_release((struct sockaddr *)&s->peer);
 	if (s->held)
 		conn_limits_unhold();
+	milter_session_free(s->milt);
 	smtp_machine_free(&s->machine);
 	free(s->pp_buf);
 	endpoint_free_tls(&s->client_ep);
@@ -547,6 +548,8 @@ static void session_step(struct session *s)
 		a->refused[r] = 0; /* counted once, whatever happens next */
 	}
 
+	if (s->milt)
+		milter_session_actions(s->milt);
 	if (a->drop_backend && !s->backend_gone) {
 		s->backend_gone = true;
 		close_backend(s);
@@ -610,6 +613,83 @@ static void session_step(struct session *s)
 	if (s->client_ep.tls && s->client_ep.tls->established && client_wanted(s) &&
 	    tls_io_pending(s->client_ep.tls))
 		pump_tls(s);
+	if (s->milt && !s->closing)
+		milter_session_pump(s->milt);
+}
+
+/* ---- milters (issue 14) ------------------------------------------------ */
+
+static void milt_send_backend(void *owner, char *data, size_t len)
+{
+	struct session *s = owner;
+	if (s->closing || !s->backend_connected || s->backend_gone) {
+		free(data);
+		return;
+	}
+	write_to(s, &s->backend_ep, data, len);
+}
+
+static bool milt_backlogged(void *owner)
+{
+	struct session *s = owner;
+	return s->closing || !s->backend_connected || s->backend_gone || backend_backlogged(s);
+}
+
+static void milt_refresh(void *owner, struct milter_session_info *info)
+{
+	struct session *s = owner;
+	const struct tls_io *t = s->client_ep.tls;
+	bool tls = t && t->established;
+	info->tls_version = tls ? tls_io_version(t) : NULL;
+	info->cipher = tls ? tls_io_cipher(t) : NULL;
+	info->auth_authen = smtp_machine_user(&s->machine);
+	info->auth_type = NULL;
+}
+
+static void milt_failed(void *owner, const char *why)
+{
+	struct session *s = owner;
+	log_msg(TF_LOG_ERROR, "event=milter_error id=%s error=\"%s\"", s->id, why);
+	if (!s->backend_gone) {
+		s->backend_gone = true;
+		close_backend(s);
+	}
+	smtp_machine_backend_closed(&s->machine);
+	session_step(s);
+}
+
+static void milt_step(void *owner)
+{
+	session_step(owner);
+}
+
+static const struct milter_session_ops milt_ops = {
+    .send_backend = milt_send_backend,
+    .backend_backlogged = milt_backlogged,
+    .refresh = milt_refresh,
+    .failed = milt_failed,
+    .step = milt_step,
+};
+
+/* The milters' view of the client (milter_session.h), then connect. */
+static void start_milters(struct session *s)
+{
+	const struct tf_config *cfg = &s->app->cfg;
+	s->milt = milter_session_new(s->life.accepted.loop, cfg->inbound.milters,
+				     cfg->inbound.n_milters, cfg->limits.message_size_limit,
+				     &s->machine, s, &milt_ops, s->id);
+	if (!s->milt) {
+		smtp_machine_backend_unavailable(&s->machine);
+		return;
+	}
+	struct milter_session_info *info = &s->milt->info;
+	info->server_name = cfg->server_name;
+	info->client_family = s->peer.ss_family;
+	address_ip((struct sockaddr *)&s->peer, info->client_addr, sizeof(info->client_addr));
+	info->client_port = address_port((struct sockaddr *)&s->peer);
+	address_ip((struct sockaddr *)&s->local, info->if_addr, sizeof(info->if_addr));
+	snprintf(s->milt->client_name, sizeof(s->milt->client_name), "[%s]", info->client_addr);
+	milter_session_start(s->milt, NULL);
 }
 
 /* ---- start ------------------------------------------------------------- */
@@ -736,6 +816,7 @@ static void machine_config(const struct app *app, enum listener_kind kind,
 	mc->reject_bare = cfg->bare_newlines == TF_BARE_REJECT;
 	mc->server_name = cfg->server_name;
 	mc->xclient = cfg->backend.client_info == TF_CLIENT_INFO_XCLIENT;
+	mc->milters = cfg->inbound.n_milters > 0;
 }
 
 /* The client's address as XCLIENT writes it: "192.0.2.7", "IPV6:2001:db8::7". */
@@ -769,6 +850,8 @@ static void session_begin(struct session *s)
 		xclient_address(&s->peer, mc.xclient_addr, sizeof(mc.xclient_addr),
 				&mc.xclient_port);
 	smtp_machine_init(&s->machine, &mc);
+	if (mc.milters)
+		start_milters(s);
 	/* A connection that held a place while its PROXY header was awaited
 	 * hands that place to the address the header named. */
 	s->admitted = s->held ? conn_limits_admit_held((struct sockaddr *)&s->peer)

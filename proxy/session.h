@@ -20,6 +20,8 @@
  *                           (NULL until STARTTLS or the TLS port) and freed
  *                           with the session; backend_ep.tls stays NULL.
  *   machine                 owned; freed with the session.
+ *   milt                    owned (milter_session.h), only with
+ *                           inbound.milters; freed with the session.
  *   app                     one reference to the configuration and credentials
  *                           generation, dropped when the session is freed.
  */
@@ -32,6 +34,7 @@
 
 #include "proxy/conn_life.h"
 #include "proxy/endpoint.h"
+#include "proxy/milter_session.h"
 #include "proxy/proxy_protocol.h"
 #include "proxy/smtp/smtp_machine.h"
 #include "proxy/worker.h"
@@ -51,6 +54,7 @@ struct session {
 	struct endpoint client_ep, backend_ep;
 
 	struct smtp_machine machine;
+	struct milter_session *milt; /* owned; NULL without inbound.milters */
 	struct app *app; /* the generation this session started with */
 
 	bool backend_open; /* the backend handle was initialised */
