@@ -50,16 +50,16 @@ struct milter_session {
 	const char *id; /* borrowed: the session's id */
 	unsigned message_no;
 
-	bool busy;		      /* an event awaits the chain's done */
-	unsigned char current;	      /* its kind (MEV_*, or MS_CONNECT) */
-	unsigned char deferred;	      /* a machine event raised while busy */
-	const char *deferred_arg;     /* borrowed from the machine */
-	bool deferred_helo;	      /* an outbound HELO to send after connect */
+	bool busy;		  /* an event awaits the chain's done */
+	unsigned char current;	  /* its kind (MEV_*, or MS_CONNECT) */
+	unsigned char deferred;	  /* a machine event raised while busy */
+	const char *deferred_arg; /* borrowed from the machine */
+	bool deferred_helo;	  /* an outbound HELO to send after connect */
 	char helo[256];
 
 	uint64_t size_limit;
-	struct message_store msg;  /* the held message */
-	struct message_store out;  /* the message the milters changed */
+	struct message_store msg; /* the held message */
+	struct message_store out; /* the message the milters changed */
 	struct message_edits edits;
 	bool edits_live;
 	struct message_store *sending; /* msg or out while streaming; else NULL */

@@ -675,9 +675,9 @@ static const struct milter_session_ops milt_ops = {
 static void start_milters(struct session *s)
 {
 	const struct tf_config *cfg = &s->app->cfg;
-	s->milt = milter_session_new(s->life.accepted.loop, cfg->inbound.milters,
-				     cfg->inbound.n_milters, cfg->limits.message_size_limit,
-				     &s->machine, s, &milt_ops, s->id);
+	s->milt =
+	    milter_session_new(s->life.accepted.loop, cfg->inbound.milters, cfg->inbound.n_milters,
+			       cfg->limits.message_size_limit, &s->machine, s, &milt_ops, s->id);
 	if (!s->milt) {
 		smtp_machine_backend_unavailable(&s->machine);
 		return;

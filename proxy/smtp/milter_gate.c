@@ -205,8 +205,8 @@ void sm_milter_reply(struct smtp_machine *m, enum smtp_verb verb, int code)
 	}
 	if (verb != VERB_RCPT)
 		return;
-	char *lf = m->rcpt_pending.len ? memchr(m->rcpt_pending.data, '\n', m->rcpt_pending.len)
-				       : NULL;
+	char *lf =
+	    m->rcpt_pending.len ? memchr(m->rcpt_pending.data, '\n', m->rcpt_pending.len) : NULL;
 	if (!lf)
 		return;
 	size_t n = (size_t)(lf - m->rcpt_pending.data) + 1;
@@ -404,7 +404,8 @@ void smtp_machine_milter_deliver(struct smtp_machine *m, const struct smtp_envel
 		}
 	}
 	for (size_t i = 0; ok && i < c->n_add; i++) {
-		ok = envelope_line(&line, "RCPT TO:", c->add[i], c->add_args ? c->add_args[i] : NULL);
+		ok = envelope_line(&line, "RCPT TO:", c->add[i],
+				   c->add_args ? c->add_args[i] : NULL);
 		if (ok)
 			internal_line(m, line.data, line.len);
 	}

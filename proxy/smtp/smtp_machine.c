@@ -24,7 +24,6 @@ static const char R_STARTTLS[] = "220 2.0.0 Ready to start TLS";
 static const char R_BARE_REJECT[] =
     "550 5.5.2 Error: bare CR or LF in message content (SMTP smuggling defence)";
 
-
 void smtp_machine_init(struct smtp_machine *m, const struct smtp_machine_config *cfg)
 {
 	memset(m, 0, sizeof(*m));
@@ -155,7 +154,6 @@ void sm_fifo_pop(struct smtp_machine *m)
 }
 
 /* ---- output ------------------------------------------------------------ */
-
 
 void sm_to_client(struct smtp_machine *m, const char *p, size_t n)
 {

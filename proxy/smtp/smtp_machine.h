@@ -80,15 +80,15 @@ struct smtp_actions {
 	unsigned refused[REFUSAL_COUNT];
 
 	/* Milters (issue 14, cfg.milters only). */
-	struct buf to_hold;	     /* message content (wire form, dot-stuffed,
-				      * ending ".\r\n") to hold, not to send */
-	bool milter_abort;	     /* first: the transaction ended (SMFIC_ABORT) */
-	unsigned char milter_event;  /* enum smtp_milter_event: ask the milters,
-				      * then smtp_machine_milter_verdict() */
-	const char *milter_arg;	     /* HELO/EHLO domain, or MAIL/RCPT text after
-				      * the colon; borrowed until the verdict */
-	bool send_held;		     /* the backend said 354: send the held
-				      * message, then smtp_machine_held_sent() */
+	struct buf to_hold;	    /* message content (wire form, dot-stuffed,
+				     * ending ".\r\n") to hold, not to send */
+	bool milter_abort;	    /* first: the transaction ended (SMFIC_ABORT) */
+	unsigned char milter_event; /* enum smtp_milter_event: ask the milters,
+				     * then smtp_machine_milter_verdict() */
+	const char *milter_arg;	    /* HELO/EHLO domain, or MAIL/RCPT text after
+				     * the colon; borrowed until the verdict */
+	bool send_held;		    /* the backend said 354: send the held
+				     * message, then smtp_machine_held_sent() */
 };
 
 enum smtp_milter_event {
@@ -106,9 +106,9 @@ enum smtp_milter_verdict { SMV_CONTINUE = 0, SMV_REFUSE, SMV_DISCARD };
 
 /* What the milters changed in the envelope at end of message. */
 struct smtp_envelope_change {
-	const char *sender;	 /* new MAIL FROM address, or NULL */
-	const char *sender_args; /* its ESMTP arguments, or NULL */
-	const char *const *add;	 /* recipients to add */
+	const char *sender;	     /* new MAIL FROM address, or NULL */
+	const char *sender_args;     /* its ESMTP arguments, or NULL */
+	const char *const *add;	     /* recipients to add */
 	const char *const *add_args; /* their ESMTP arguments (entries may be NULL) */
 	size_t n_add;
 	const char *const *del; /* recipients to remove */
@@ -186,16 +186,16 @@ struct smtp_machine {
 	char user[SASL_USER_SIZE];	     /* of the 235; "" when none */
 
 	/* Milters (issue 14; milter_gate.c). */
-	bool milter_wait;	 /* a verdict is awaited: client input is held */
-	unsigned char milter_ev; /* the event awaiting its verdict */
+	bool milter_wait;	   /* a verdict is awaited: client input is held */
+	unsigned char milter_ev;   /* the event awaiting its verdict */
 	unsigned char milter_verb; /* the verb of milter_line */
-	struct buf milter_line;	 /* the command awaiting its verdict */
-	bool holding;		 /* message content goes to act.to_hold */
-	bool in_txn;		 /* the milters saw MAIL; no end of message yet */
-	bool discard;		 /* a milter said discard in this transaction */
-	struct buf txn_mail;	 /* the MAIL line forwarded in this transaction */
-	struct buf rcpt_pending; /* forwarded RCPT lines awaiting their reply */
-	struct buf rcpt_ok;	 /* RCPT lines the backend accepted */
+	struct buf milter_line;	   /* the command awaiting its verdict */
+	bool holding;		   /* message content goes to act.to_hold */
+	bool in_txn;		   /* the milters saw MAIL; no end of message yet */
+	bool discard;		   /* a milter said discard in this transaction */
+	struct buf txn_mail;	   /* the MAIL line forwarded in this transaction */
+	struct buf rcpt_pending;   /* forwarded RCPT lines awaiting their reply */
+	struct buf rcpt_ok;	   /* RCPT lines the backend accepted */
 	unsigned rcpts_ok;
 	char *session_refusal; /* a milter refused the connection: MAIL gets this */
 };

@@ -22,8 +22,7 @@ void sm_process_client(struct smtp_machine *m);
 /* milter_gate.c */
 /* A command that passed the rules: true when the gate took it (it waits
  * for the milters or was answered). */
-bool sm_milter_command(struct smtp_machine *m, enum smtp_verb verb, const char *line,
-		       size_t len);
+bool sm_milter_command(struct smtp_machine *m, enum smtp_verb verb, const char *line, size_t len);
 /* The FIFO head is one of the gate's kinds: releases it; false when the
  * release must wait (a verdict is awaited). */
 bool sm_milter_release(struct smtp_machine *m, struct smtp_pending *p);
