@@ -5,6 +5,10 @@
  * 0xFF. Each event's first byte chooses what happens (low three bits); the
  * rest of the event is its payload:
  *   0, 1  client bytes          4  backend closed
+ *         (with milters, bit 6 of the second configuration byte, event 1
+ *         is the milters' answer: a verdict, the end-of-message delivery
+ *         with envelope changes, or the held message sent, chosen by its
+ *         first payload byte)
  *   2     backend bytes         5  idle timeout
  *   3     TLS established       6  shutdown
  *                               7  connection limit
@@ -20,7 +24,10 @@
  *   content in sanitize mode, and no command the backend could split
  *   differently), nor anything at all after drop_backend;
  * - the client never receives a bare CR or bare LF;
- * - start_tls is asked for at most once per session.
+ * - start_tls is asked for at most once per session;
+ * - with milters: held content is canonical too, and nothing at all goes
+ *   to the backend between the 354 to tlsfront's DATA and the held
+ *   message being sent.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -56,8 +63,9 @@ static void check_canonical(struct stream *s, const char *p, size_t n)
 
 struct harness {
 	struct smtp_machine m;
-	struct stream client, backend;
+	struct stream client, backend, held;
 	bool closed, dropped, tls_asked, tls_done;
+	bool milters, sending;
 };
 
 /* Takes the actions of the last call as the proxy layer would. */
@@ -74,6 +82,13 @@ static void take_actions(struct harness *h)
 		CHECK(a->to_backend.len == 0);
 	check_canonical(&h->client, a->to_client.data, a->to_client.len);
 	check_canonical(&h->backend, a->to_backend.data, a->to_backend.len);
+	check_canonical(&h->held, a->to_hold.data, a->to_hold.len);
+	if (h->sending)
+		CHECK(a->to_backend.len == 0);
+	if (a->send_held) {
+		CHECK(!h->sending);
+		h->sending = true;
+	}
 	if (a->start_tls) {
 		CHECK(!h->tls_asked);
 		h->tls_asked = true;
@@ -86,7 +101,48 @@ static void take_actions(struct harness *h)
 	}
 	a->to_client.len = 0;
 	a->to_backend.len = 0;
+	a->to_hold.len = 0;
 	smtp_machine_clear_actions(&h->m);
+}
+
+/* The milters' answer (event 1 with milters). */
+static void milter_answer(struct harness *h, const char *p, size_t n)
+{
+	unsigned char c = n ? (unsigned char)p[0] : 0;
+	static const char *const add[] = {"<added@fuzz.test>", "plain@fuzz.test"};
+	static const char *const add_args[] = {"NOTIFY=NEVER", NULL};
+	static const char *const del[] = {"<b@y.test>", "B@Y.TEST"};
+	if (h->sending) {
+		h->sending = false;
+		smtp_machine_held_sent(&h->m);
+		return;
+	}
+	switch (c & 3) {
+	case 0:
+		smtp_machine_milter_verdict(&h->m, SMV_CONTINUE, NULL);
+		break;
+	case 1:
+		smtp_machine_milter_verdict(&h->m, SMV_REFUSE,
+					    c & 4 ? "550 5.7.1 Rejected\r\n"
+						  : "451-4.7.1 Later\r\n451 4.7.1 please\r\n");
+		break;
+	case 2:
+		smtp_machine_milter_verdict(&h->m, SMV_DISCARD, NULL);
+		break;
+	default: {
+		struct smtp_envelope_change ch = {
+		    .sender = c & 4 ? "<new@fuzz.test>" : NULL,
+		    .sender_args = c & 8 ? "BODY=8BITMIME" : NULL,
+		    .add = add,
+		    .add_args = add_args,
+		    .n_add = (c >> 4) & 1 ? 2 : 0,
+		    .del = del,
+		    .n_del = (c >> 5) & 1 ? 2 : 0,
+		};
+		smtp_machine_milter_deliver(&h->m, c & 64 ? NULL : &ch);
+		break;
+	}
+	}
 }
 
 static void event(struct harness *h, const uint8_t *p, size_t n)
@@ -96,8 +152,13 @@ static void event(struct harness *h, const uint8_t *p, size_t n)
 	const char *payload = (const char *)p + 1;
 	size_t len = n - 1;
 	switch (p[0] & 7) {
-	case 0:
 	case 1:
+		if (h->milters) {
+			milter_answer(h, payload, len);
+			break;
+		}
+		/* fall through */
+	case 0:
 		if (!smtp_machine_wants_client_input(&h->m))
 			return; /* the proxy pauses reading the client */
 		smtp_machine_feed_client(&h->m, payload, len);
@@ -146,12 +207,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	    .max_errors = (data[1] >> 2) & 15,
 	    .server_name = "mx.fuzz.test",
 	    .xclient_port = 4321,
+	    .milters = data[1] & 64,
 	};
 	if (cfg.require_tls && !cfg.starttls)
 		cfg.require_tls = false; /* a configuration error (§2) */
 	strcpy(cfg.xclient_addr, data[0] & 128 ? "IPV6:2001:db8::7" : "192.0.2.7");
 
-	struct harness h = {0};
+	struct harness h = {.milters = cfg.milters};
 	smtp_machine_init(&h.m, &cfg);
 	data += 2;
 	size -= 2;
