@@ -269,10 +269,10 @@ static size_t ref_unstuff(const char *p, size_t n, char *out, bool *ended)
 
 /* Feeds p in the pieces cut at cuts[0..ncuts) and checks the result. */
 static void check_pieces(const char *p, size_t n, const size_t *cuts, size_t ncuts,
-			 const char *want, size_t want_len, bool want_end)
+			 const char *want, size_t want_len, bool want_end, size_t mem_limit)
 {
 	struct message_store s;
-	message_store_init(&s, 5, 0, NULL);
+	message_store_init(&s, mem_limit, 0, NULL);
 	size_t from = 0;
 	for (size_t c = 0; c <= ncuts; c++) {
 		size_t to = c < ncuts ? cuts[c] : n;
@@ -285,23 +285,23 @@ static void check_pieces(const char *p, size_t n, const size_t *cuts, size_t ncu
 }
 
 /* p must be complete (ending in the end of data, or in CRLF), as a held
- * back ".\r" is not text yet. */
-static void check_every_split(const char *p, size_t n)
+ * back ".\r" is not text yet. The store's memory holds mem_limit bytes. */
+static void check_every_split(const char *p, size_t n, size_t mem_limit)
 {
 	char *want = malloc(n + 1);
 	assert_non_null(want);
 	bool ended;
 	size_t wl = ref_unstuff(p, n, want, &ended);
-	check_pieces(p, n, NULL, 0, want, wl, ended);
+	check_pieces(p, n, NULL, 0, want, wl, ended, mem_limit);
 	for (size_t i = 0; i <= n; i++) {
 		size_t cut[1] = {i};
-		check_pieces(p, n, cut, 1, want, wl, ended);
+		check_pieces(p, n, cut, 1, want, wl, ended, mem_limit);
 	}
 	if (n <= 40) {
 		for (size_t i = 0; i <= n; i++)
 			for (size_t j = i; j <= n; j++) {
 				size_t cut[2] = {i, j};
-				check_pieces(p, n, cut, 2, want, wl, ended);
+				check_pieces(p, n, cut, 2, want, wl, ended, mem_limit);
 			}
 	}
 	/* One byte at a time. */
@@ -309,7 +309,7 @@ static void check_every_split(const char *p, size_t n)
 	assert_non_null(cuts);
 	for (size_t i = 0; i < n; i++)
 		cuts[i] = i + 1;
-	check_pieces(p, n, cuts, n ? n - 1 : 0, want, wl, ended);
+	check_pieces(p, n, cuts, n ? n - 1 : 0, want, wl, ended, mem_limit);
 	free(cuts);
 	free(want);
 }
@@ -336,8 +336,10 @@ static void test_wire_known_cases(void **state)
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		size_t n = strlen(cases[i].wire);
-		check_pieces(cases[i].wire, n, NULL, 0, cases[i].text, strlen(cases[i].text), true);
-		check_every_split(cases[i].wire, n);
+		check_pieces(cases[i].wire, n, NULL, 0, cases[i].text, strlen(cases[i].text), true,
+			     4);
+		check_every_split(cases[i].wire, n, 4096);
+		check_every_split(cases[i].wire, n, 5); /* the file from byte 6 */
 	}
 
 	/* Bytes after the end are ignored, in this and later calls. */
@@ -376,7 +378,8 @@ static void test_wire_from_data_scanner_every_split(void **state)
 		assert_true(end);
 		assert_true(used <= len + 11);
 		assert_true(buf_append(&wire, "QUIT\r\n", 6));
-		check_every_split(wire.data, wire.len);
+		/* Now and then with most of the text in the file. */
+		check_every_split(wire.data, wire.len, round % 25 ? 1 << 16 : 7);
 		buf_free(&wire);
 	}
 }
