@@ -366,7 +366,7 @@ static void test_wire_from_data_scanner_every_split(void **state)
 	srand(14);
 	for (int round = 0; round < 300; round++) {
 		size_t len = (size_t)rand() % (round < 200 ? 30 : 300);
-		char raw[300 + 8];
+		char raw[300 + 11];
 		for (size_t i = 0; i < len; i++)
 			raw[i] = alphabet[rand() % (int)(sizeof(alphabet) - 1)];
 		memcpy(raw + len, "\r\n.\r\nQUIT\r\n", 11);
