@@ -156,8 +156,9 @@ int message_headers_read(struct message_store *s, struct message_headers *out)
 	int rc = -1;
 
 	for (;;) {
-		/* One line, at most what is left of the section's bound. */
-		uint64_t budget = MESSAGE_HEADER_SECTION_MAX - pos;
+		/* One line, at most what is left of the section's bound and
+		 * the two bytes of an empty line (which it does not count). */
+		uint64_t budget = MESSAGE_HEADER_SECTION_MAX + 2 - pos;
 		bool eol = false, over = false;
 		int c;
 		line.len = 0;
@@ -176,14 +177,21 @@ int message_headers_read(struct message_store *s, struct message_headers *out)
 		}
 		if (c == -2)
 			goto out;
-		if (line.len == 0 && !over) {
+		if (line.len == 0) {
 			/* The end of the message: all of it is header. */
 			if (have_field && add_field(out, &field, field_start, name_len) < 0)
 				goto out;
 			out->body_offset = s->size;
 			break;
 		}
-		if (over) {
+		size_t content = line.len;
+		if (eol) {
+			content--;
+			if (content > 0 && line.data[content - 1] == '\r')
+				content--;
+		}
+		if ((over || pos + line.len > MESSAGE_HEADER_SECTION_MAX) &&
+		    !(content == 0 && eol)) {
 			/* Too long: the section ends before the field this
 			 * line belongs to. */
 			if (have_field && is_wsp(line.data[0])) {
@@ -194,12 +202,6 @@ int message_headers_read(struct message_store *s, struct message_headers *out)
 				out->body_offset = pos;
 			}
 			break;
-		}
-		size_t content = line.len;
-		if (eol) {
-			content--;
-			if (content > 0 && line.data[content - 1] == '\r')
-				content--;
 		}
 		if (content == 0 && eol) {
 			/* The empty line: the body follows it. */

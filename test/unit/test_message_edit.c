@@ -184,6 +184,37 @@ static void test_headers_limits(void **state)
 	assert_int_equal(hs.body_offset, 6);
 	message_headers_free(&hs);
 	message_store_free(&s);
+
+	/* A section of exactly MESSAGE_HEADER_SECTION_MAX bytes, then an
+	 * empty line (not counted), a continuation or another field. */
+	static const struct {
+		const char *after;
+		size_t n;
+		uint64_t body_offset; /* 0: MESSAGE_HEADER_SECTION_MAX */
+	} ends[] = {
+	    {"\r\nbody\r\n", 2, MESSAGE_HEADER_SECTION_MAX + 2},
+	    {"\r\n", 2, MESSAGE_HEADER_SECTION_MAX + 2},
+	    {"", 2, MESSAGE_HEADER_SECTION_MAX},
+	    {" c\r\n\r\n", 1, 6},
+	    {"\tc", 1, 6},
+	    {"C: 3\r\n\r\n", 2, MESSAGE_HEADER_SECTION_MAX},
+	    {"Cc", 2, MESSAGE_HEADER_SECTION_MAX},
+	};
+	for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++) {
+		message_store_init(&s, 4096, 0, NULL);
+		assert_int_equal(message_store_append(&s, "A: 1\r\n", 6), 0);
+		memset(big, 'x', MESSAGE_HEADER_SECTION_MAX);
+		memcpy(big, "B: ", 3);
+		memcpy(big + MESSAGE_HEADER_SECTION_MAX - 6 - 2, "\r\n", 2);
+		assert_int_equal(message_store_append(&s, big, MESSAGE_HEADER_SECTION_MAX - 6), 0);
+		assert_int_equal(s.size, MESSAGE_HEADER_SECTION_MAX);
+		assert_int_equal(message_store_append(&s, ends[i].after, strlen(ends[i].after)), 0);
+		assert_int_equal(message_headers_read(&s, &hs), 0);
+		assert_int_equal(hs.n, ends[i].n);
+		assert_int_equal(hs.body_offset, ends[i].body_offset);
+		message_headers_free(&hs);
+		message_store_free(&s);
+	}
 	free(big);
 
 	/* A read error: -1 and nothing held. */
