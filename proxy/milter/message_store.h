@@ -33,20 +33,27 @@ struct message_store {
 	const char *tmpdir;  /* borrowed; NULL: $TMPDIR or /tmp */
 	/* message_store_append_wire() state (private) */
 	unsigned char wire_state;
-	bool ended;	     /* the wire form's final ".\r\n" was seen */
+	bool ended; /* the wire form's final ".\r\n" was seen */
 };
 
+/* mem_limit 0 holds everything in the file. The temporary file is made
+ * with O_TMPFILE (mode 0600, O_CLOEXEC) in tmpdir, else $TMPDIR, else /tmp;
+ * where O_TMPFILE is not supported, with mkostemp() and an unlink() at
+ * once. */
 void message_store_init(struct message_store *s, size_t mem_limit, uint64_t size_limit,
 			const char *tmpdir);
 /* Releases memory and file; the store is empty and reusable (init not
  * needed again). */
 void message_store_reset(struct message_store *s);
+/* As message_store_reset(): safe to call twice. */
 void message_store_free(struct message_store *s);
 
 /* Appends message text. Returns 0; -1 when the file cannot be made or
  * written (s->error holds errno) or memory runs out (ENOMEM). Past
  * size_limit it holds nothing more, sets too_big and still returns 0 (the
- * caller reads too_big at the end of the message and refuses it then). */
+ * caller reads too_big at the end of the message and refuses it then): the
+ * first size_limit bytes are held, never more. An error sticks: every
+ * later append returns -1 until message_store_reset(). */
 int message_store_append(struct message_store *s, const char *p, size_t n);
 
 /* Appends SMTP wire data as the DATA scanner writes it (dot-stuffed, CRLF
