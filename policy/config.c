@@ -40,6 +40,17 @@
  *                           days) is the longest ticket lifetime GnuTLS
  *                           accepts (gnutls_db_set_cache_expiration) and RFC
  *                           8446 §4.6.1 allows.
+ *   limits.message_size_limit  1024 .. 2147483648 bytes (2 GiB): a message is
+ *                           held whole while milters look at it; values above
+ *                           2147483647 need libconfig's L suffix.
+ *   {inbound,outbound}.milters  at most TF_MAX_MILTERS groups each, read by
+ *                           read_milters(): socket "inet:HOST:PORT" or
+ *                           "unix:/path" (required; sendmail's "inet6:" and
+ *                           "inet:PORT@HOST" forms are refused with a hint),
+ *                           name (1 .. 128 printable characters, no spaces;
+ *                           default the socket text; unique in its list),
+ *                           default_action, timeout and connect_timeout
+ *                           (1 .. 3600 seconds, default 30).
  *
  * Known limitation: libconfig 1.5 wraps a decimal integer that does not fit
  * 32 bits (4294967297 reads as 1) without an error; only the wrapped value
@@ -67,11 +78,18 @@
 #define HOST_MAX	 256	 /* a DNS name is at most 253 characters */
 #define TF_UNIX_PATH_MAX 107	 /* sizeof(sockaddr_un.sun_path) - 1 on Linux */
 
+/* Issue 14. */
+#define MAX_MILTER_TIMEOUT 3600u
+#define MIN_MESSAGE_SIZE   1024u
+#define MAX_MESSAGE_SIZE   2147483648u /* 2 GiB */
+#define MILTER_NAME_MAX	   128u
+
 /* Enum values are stored through their offset as an int. */
 _Static_assert(sizeof(enum tf_log_level) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum tf_bare_newlines) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum tf_client_info) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum tf_outbound_tls) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum tf_milter_action) == sizeof(int), "enum size");
 
 /* ---- the key tree ------------------------------------------------------ */
 
@@ -88,6 +106,8 @@ enum leaf_kind {
 	LEAF_STRING, /* char *, checked by check() */
 	LEAF_LISTEN, /* char *[TF_MAX_LISTEN] at off, size_t count at off_n */
 	LEAF_CERTS,  /* struct tf_cert_pair[TF_MAX_CERTS] at off, count at off_n */
+	LEAF_ULONG,  /* unsigned long, min .. max */
+	LEAF_MILTER, /* struct tf_milter_config[TF_MAX_MILTERS] at off, count at off_n */
 };
 
 /* Returns NULL when text is acceptable, else what was expected. */
@@ -97,7 +117,7 @@ struct leaf {
 	const char *path; /* dotted, e.g. "limits.idle_timeout" */
 	enum leaf_kind kind;
 	size_t off;   /* offsetof(struct tf_config, ...) of the value */
-	size_t off_n; /* LEAF_LISTEN, LEAF_CERTS: offset of the count */
+	size_t off_n; /* LEAF_LISTEN, LEAF_CERTS, LEAF_MILTER: offset of the count */
 	unsigned min, max;
 	const char *const *names; /* LEAF_ENUM: NULL-terminated, in enum order */
 	string_check *check;	  /* LEAF_STRING */
@@ -107,9 +127,12 @@ static const char *const client_info_names[] = {"none", "xclient", "proxy-v1", "
 static const char *const outbound_tls_names[] = {"none", "negotiated", "required", "verify", NULL};
 static const char *const bare_newlines_names[] = {"sanitize", "reject", NULL};
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
+static const char *const milter_action_names[] = {"accept", "tempfail", "reject", NULL};
+_Static_assert(TF_MILTER_ACCEPT == 0 && TF_MILTER_TEMPFAIL == 1 && TF_MILTER_REJECT == 2,
+	       "milter_action_names[] is in enum order");
 
 static string_check check_host_name, check_backend_address, check_non_empty, check_user,
-    check_next_hop;
+    check_next_hop, check_milter_name, check_milter_socket;
 
 /* One row per key; the macros keep each row on one line. */
 // clang-format off
@@ -120,6 +143,8 @@ static string_check check_host_name, check_backend_address, check_non_empty, che
 #define L_STRING(p, f, c)    {.path = (p), .kind = LEAF_STRING, .off = OFF(f), .check = (c)}
 #define L_LISTEN(p, f)       {.path = (p), .kind = LEAF_LISTEN, .off = OFF(f.listen), .off_n = OFF(f.n_listen)}
 #define L_CERTS(p, f)        {.path = (p), .kind = LEAF_CERTS, .off = OFF(f.certs), .off_n = OFF(f.n_certs)}
+#define L_ULONG(p, f, lo, hi) {.path = (p), .kind = LEAF_ULONG, .off = OFF(f), .min = (lo), .max = (hi)}
+#define L_MILTERS(p, f)      {.path = (p), .kind = LEAF_MILTER, .off = OFF(f.milters), .off_n = OFF(f.n_milters)}
 
 static const struct leaf leaves[] = {
 	L_STRING("server_name", server_name, check_host_name),
@@ -145,6 +170,7 @@ static const struct leaf leaves[] = {
 	L_LISTEN("inbound.tls.listen", inbound.tls),
 	L_BOOL("inbound.tls.name_and_password", inbound.tls.name_and_password),
 	L_BOOL("inbound.tls.proxy_protocol", inbound.tls.proxy_protocol),
+	L_MILTERS("inbound.milters", inbound),
 
 	L_BOOL("outbound.enabled", outbound.enabled),
 	L_LISTEN("outbound.listen", outbound),
@@ -152,6 +178,7 @@ static const struct leaf leaves[] = {
 	L_ENUM("outbound.tls", outbound.tls, outbound_tls_names),
 	L_STRING("outbound.ca_file", outbound.ca_file, check_non_empty),
 	L_UINT("outbound.connect_timeout", outbound.connect_timeout, 1, MAX_TIMEOUT),
+	L_MILTERS("outbound.milters", outbound),
 	L_LISTEN("metrics.listen", metrics),
 
 	L_UINT("limits.max_connections", limits.max_connections, 1, MAX_CONNECTIONS),
@@ -160,6 +187,7 @@ static const struct leaf leaves[] = {
 	L_UINT("limits.line_length", limits.line_length, MIN_LINE_LENGTH, MAX_LINE_LENGTH),
 	L_UINT("limits.max_errors", limits.max_errors, 1, MAX_ERRORS),
 	L_UINT("limits.shutdown_timeout", limits.shutdown_timeout, 1, MAX_TIMEOUT),
+	L_ULONG("limits.message_size_limit", limits.message_size_limit, MIN_MESSAGE_SIZE, MAX_MESSAGE_SIZE),
 
 	L_ENUM("bare_newlines", bare_newlines, bare_newlines_names),
 	L_ENUM("log.level", log_level, log_level_names),
@@ -472,6 +500,61 @@ static const char *check_next_hop(const char *text)
 	return "\"host:port\", \"[v6]:port\" (port 1 to 65535) or \"original-destination\"";
 }
 
+/* A milter's name, for the log: printable characters, no spaces. */
+static const char *check_milter_name(const char *text)
+{
+	size_t len = strlen(text);
+	if (len == 0 || len > MILTER_NAME_MAX)
+		goto bad;
+	for (size_t i = 0; i < len; i++) {
+		if (text[i] <= 0x20 || text[i] >= 0x7f)
+			goto bad;
+	}
+	return NULL;
+bad:
+	return "a name of 1 to 128 printable characters without spaces";
+}
+
+/* A host of "inet:HOST:PORT" made only of digits and dots is meant as an
+ * IPv4 literal: it must be one, not a name to look up. */
+static bool is_numeric_host(const char *host)
+{
+	return host[strspn(host, "0123456789.")] == '\0';
+}
+
+/* Postfix's milter socket forms (Postfix MILTER_README): "inet:HOST:PORT",
+ * "[v6]" for an IPv6 HOST, and "unix:/path". Sendmail's "inet6:PORT@HOST"
+ * and "inet:PORT@HOST" are refused with a hint. */
+static const char *check_milter_socket(const char *text)
+{
+	static const char want[] =
+	    "\"inet:host:port\", \"inet:[v6]:port\" (port 1 to 65535) or \"unix:/path\" (an "
+	    "absolute path of at most 107 bytes)";
+	if (strncmp(text, "unix:", 5) == 0) {
+		const char *path = text + 5;
+		if (path[0] != '/' || strlen(path) > TF_UNIX_PATH_MAX)
+			return want;
+		for (const char *p = path; *p; p++) {
+			if ((unsigned char)*p < 0x20 || *p == 0x7f)
+				return want;
+		}
+		return NULL;
+	}
+	if (strncmp(text, "inet6:", 6) == 0)
+		return "\"inet:[v6]:port\" for an IPv6 milter (sendmail's \"inet6:\" is not "
+		       "accepted)";
+	if (strncmp(text, "inet:", 5) == 0) {
+		char host[HOST_MAX];
+		unsigned port;
+		if (strchr(text, '@') != NULL)
+			return "\"inet:host:port\" (sendmail's \"inet:port@host\" is not accepted)";
+		if (config_split_hostport(text + 5, host, sizeof(host), &port) == 0 && port != 0 &&
+		    (text[5] == '[' || !is_numeric_host(host) || is_ipv4_literal(host)))
+			return NULL;
+	}
+	return want;
+}
+
 /* ---- reading one leaf -------------------------------------------------- */
 
 static int read_bool(struct loader *ld, const struct leaf *lf, const config_setting_t *s)
@@ -482,54 +565,82 @@ static int read_bool(struct loader *ld, const struct leaf *lf, const config_sett
 	return 0;
 }
 
-static int read_uint(struct loader *ld, const struct leaf *lf, const config_setting_t *s)
+/* Reads the integer setting s, named path, into *out: min .. max. */
+static int read_integer(struct loader *ld, const char *path, unsigned min, unsigned max,
+			const config_setting_t *s, unsigned long *out)
 {
 	char what[64];
-	if (lf->min == 0)
+	if (min == 0)
 		snprintf(what, sizeof(what), "a non-negative integer");
-	else if (lf->min == 1)
+	else if (min == 1)
 		snprintf(what, sizeof(what), "a positive integer");
 	else
-		snprintf(what, sizeof(what), "an integer from %u to %u", lf->min, lf->max);
+		snprintf(what, sizeof(what), "an integer from %u to %u", min, max);
 
 	int type = config_setting_type(s);
 	if (type != CONFIG_TYPE_INT && type != CONFIG_TYPE_INT64)
-		return fail_at(ld, s, "%s: expected %s, not %s", lf->path, what, type_name(s));
+		return fail_at(ld, s, "%s: expected %s, not %s", path, what, type_name(s));
 	long long v = config_setting_get_int64(s);
-	if (v < (long long)lf->min || v > (long long)lf->max) {
-		if (lf->min <= 1)
-			return fail_at(ld, s, "%s: expected %s (at most %u), got %lld", lf->path,
-				       what, lf->max, v);
-		return fail_at(ld, s, "%s: expected %s, got %lld", lf->path, what, v);
+	if (v < (long long)min || v > (long long)max) {
+		if (min <= 1)
+			return fail_at(ld, s, "%s: expected %s (at most %u), got %lld", path, what,
+				       max, v);
+		return fail_at(ld, s, "%s: expected %s, got %lld", path, what, v);
 	}
+	*out = (unsigned long)v;
+	return 0;
+}
+
+static int read_uint(struct loader *ld, const struct leaf *lf, const config_setting_t *s)
+{
+	unsigned long v;
+	if (read_integer(ld, lf->path, lf->min, lf->max, s, &v) < 0)
+		return -1;
 	*(unsigned *)field(ld->cfg, lf->off) = (unsigned)v;
 	return 0;
 }
 
-static int read_enum(struct loader *ld, const struct leaf *lf, const config_setting_t *s)
+static int read_ulong(struct loader *ld, const struct leaf *lf, const config_setting_t *s)
+{
+	return read_integer(ld, lf->path, lf->min, lf->max, s,
+			    (unsigned long *)field(ld->cfg, lf->off));
+}
+
+/* Reads the string setting s, named path, as one of names (NULL-terminated)
+ * into *out, its index. */
+static int read_enum_at(struct loader *ld, const char *path, const char *const *names,
+			const config_setting_t *s, int *out)
 {
 	char list[128] = "";
 	size_t used = 0;
-	for (size_t i = 0; lf->names[i] != NULL; i++) {
-		int n = snprintf(list + used, sizeof(list) - used, "%s\"%s\"", i ? ", " : "",
-				 lf->names[i]);
+	for (size_t i = 0; names[i] != NULL; i++) {
+		int n =
+		    snprintf(list + used, sizeof(list) - used, "%s\"%s\"", i ? ", " : "", names[i]);
 		if (n < 0 || (size_t)n >= sizeof(list) - used)
 			break;
 		used += (size_t)n;
 	}
 	if (config_setting_type(s) != CONFIG_TYPE_STRING)
-		return fail_at(ld, s, "%s: expected one of %s, not %s", lf->path, list,
-			       type_name(s));
+		return fail_at(ld, s, "%s: expected one of %s, not %s", path, list, type_name(s));
 	const char *text = config_setting_get_string(s);
-	for (int i = 0; lf->names[i] != NULL; i++) {
-		if (strcmp(text, lf->names[i]) == 0) {
-			memcpy(field(ld->cfg, lf->off), &i, sizeof(i));
+	for (int i = 0; names[i] != NULL; i++) {
+		if (strcmp(text, names[i]) == 0) {
+			*out = i;
 			return 0;
 		}
 	}
 	char buf[64];
-	return fail_at(ld, s, "%s: expected one of %s, got \"%s\"", lf->path, list,
+	return fail_at(ld, s, "%s: expected one of %s, got \"%s\"", path, list,
 		       shown(text, buf, sizeof(buf)));
+}
+
+static int read_enum(struct loader *ld, const struct leaf *lf, const config_setting_t *s)
+{
+	int v;
+	if (read_enum_at(ld, lf->path, lf->names, s, &v) < 0)
+		return -1;
+	memcpy(field(ld->cfg, lf->off), &v, sizeof(v));
+	return 0;
 }
 
 /* Replaces *slot with a copy of text. */
@@ -559,23 +670,31 @@ static int note_setting(struct loader *ld, const config_setting_t *s, struct tf_
 	return 0;
 }
 
-static int read_string(struct loader *ld, const struct leaf *lf, const config_setting_t *s)
+/* Reads the string setting s, named path, into *slot when check accepts
+ * it. */
+static int read_string_at(struct loader *ld, const char *path, string_check *check,
+			  const config_setting_t *s, char **slot)
 {
 	/* Every check refuses "" except check_user, so check("") is what the key
 	 * expects, for the message of a type error. */
-	const char *expected = lf->check("");
+	const char *expected = check("");
 	if (expected == NULL)
 		expected = "a string";
 	if (config_setting_type(s) != CONFIG_TYPE_STRING)
-		return fail_at(ld, s, "%s: expected %s, not %s", lf->path, expected, type_name(s));
+		return fail_at(ld, s, "%s: expected %s, not %s", path, expected, type_name(s));
 	const char *text = config_setting_get_string(s);
-	const char *bad = lf->check(text);
+	const char *bad = check(text);
 	if (bad != NULL) {
 		char buf[64];
-		return fail_at(ld, s, "%s: expected %s, got \"%s\"", lf->path, bad,
+		return fail_at(ld, s, "%s: expected %s, got \"%s\"", path, bad,
 			       shown(text, buf, sizeof(buf)));
 	}
-	return store_string(ld, s, (char **)field(ld->cfg, lf->off), text);
+	return store_string(ld, s, slot, text);
+}
+
+static int read_string(struct loader *ld, const struct leaf *lf, const config_setting_t *s)
+{
+	return read_string_at(ld, lf->path, lf->check, s, (char **)field(ld->cfg, lf->off));
 }
 
 static int read_listen(struct loader *ld, const struct leaf *lf, const config_setting_t *s)
@@ -689,6 +808,95 @@ static int read_certs(struct loader *ld, const struct leaf *lf, const config_set
 	return 0;
 }
 
+/* One milters entry: a group holding socket, and optionally name,
+ * default_action, timeout and connect_timeout. */
+static int read_milter(struct loader *ld, const struct leaf *lf, int index,
+		       const config_setting_t *g, struct tf_milter_config *m)
+{
+	if (config_setting_type(g) != CONFIG_TYPE_GROUP)
+		return fail_at(ld, g, "%s[%d]: expected a group { socket = \"...\"; ... }, not %s",
+			       lf->path, index, type_name(g));
+	m->default_action = TF_MILTER_TEMPFAIL; /* Postfix's milter_default_action */
+	m->timeout = 30;
+	m->connect_timeout = 30;
+	for (int i = 0; i < config_setting_length(g); i++) {
+		const config_setting_t *s = config_setting_get_elem(g, (unsigned)i);
+		const char *name = config_setting_name(s);
+		char path[64];
+		snprintf(path, sizeof(path), "%s[%d].%.16s", lf->path, index, name);
+		unsigned long v;
+		int action;
+		int rc;
+		if (strcmp(name, "name") == 0) {
+			rc = read_string_at(ld, path, check_milter_name, s, &m->name);
+		} else if (strcmp(name, "socket") == 0) {
+			rc = read_string_at(ld, path, check_milter_socket, s, &m->socket);
+		} else if (strcmp(name, "default_action") == 0) {
+			rc = read_enum_at(ld, path, milter_action_names, s, &action);
+			if (rc == 0)
+				m->default_action = (enum tf_milter_action)action;
+		} else if (strcmp(name, "timeout") == 0) {
+			rc = read_integer(ld, path, 1, MAX_MILTER_TIMEOUT, s, &v);
+			if (rc == 0)
+				m->timeout = (unsigned)v;
+		} else if (strcmp(name, "connect_timeout") == 0) {
+			rc = read_integer(ld, path, 1, MAX_MILTER_TIMEOUT, s, &v);
+			if (rc == 0)
+				m->connect_timeout = (unsigned)v;
+		} else {
+			return fail_at(ld, s,
+				       "%s[%d].%s: unknown key (expected name, socket, "
+				       "default_action, timeout or connect_timeout)",
+				       lf->path, index, name);
+		}
+		if (rc < 0)
+			return -1;
+	}
+	if (m->socket == NULL)
+		return fail_at(ld, g, "%s[%d].socket: missing (each milter needs a socket)",
+			       lf->path, index);
+	if (m->name == NULL)
+		return store_string(ld, g, &m->name, m->socket);
+	return 0;
+}
+
+static int read_milters(struct loader *ld, const struct leaf *lf, const config_setting_t *s)
+{
+	int type = config_setting_type(s);
+	if (type != CONFIG_TYPE_LIST && type != CONFIG_TYPE_ARRAY)
+		return fail_at(ld, s,
+			       "%s: expected a list ( { socket = \"...\"; ... }, ... ), not %s",
+			       lf->path, type_name(s));
+	int n = config_setting_length(s);
+	if (n > TF_MAX_MILTERS)
+		return fail_at(ld, s, "%s: expected at most %d milters, got %d", lf->path,
+			       TF_MAX_MILTERS, n);
+	struct tf_milter_config *milters = field(ld->cfg, lf->off);
+	size_t *count = field(ld->cfg, lf->off_n);
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *g = config_setting_get_elem(s, (unsigned)i);
+		/* Counted first so that config_free releases a half-read entry. */
+		*count = (size_t)i + 1;
+		if (read_milter(ld, lf, i, g, &milters[i]) < 0)
+			return -1;
+		for (int j = 0; j < i; j++) {
+			if (strcmp(milters[j].name, milters[i].name) != 0)
+				continue;
+			/* At the name, or at the socket that gave the default. */
+			const config_setting_t *at = config_setting_get_member(g, "name");
+			if (at == NULL)
+				at = config_setting_get_member(g, "socket");
+			char buf[64];
+			return fail_at(ld, at,
+				       "%s[%d].name: \"%s\" is already the name of %s[%d] (names "
+				       "must be unique; the default name is the socket)",
+				       lf->path, i, shown(milters[i].name, buf, sizeof(buf)),
+				       lf->path, j);
+		}
+	}
+	return 0;
+}
+
 static int read_leaf(struct loader *ld, const struct leaf *lf, const config_setting_t *s)
 {
 	switch (lf->kind) {
@@ -704,6 +912,10 @@ static int read_leaf(struct loader *ld, const struct leaf *lf, const config_sett
 		return read_listen(ld, lf, s);
 	case LEAF_CERTS:
 		return read_certs(ld, lf, s);
+	case LEAF_ULONG:
+		return read_ulong(ld, lf, s);
+	case LEAF_MILTER:
+		return read_milters(ld, lf, s);
 	}
 	return fail_at(ld, s, "%s: internal error: unknown leaf kind", lf->path);
 }
@@ -823,8 +1035,12 @@ static bool same_value(const struct leaf *lf, const struct tf_config *a, const s
 	case LEAF_STRING:
 		return strcmp(*(char *const *)cfield(a, lf->off),
 			      *(char *const *)cfield(b, lf->off)) == 0;
+	case LEAF_ULONG:
+		return *(const unsigned long *)cfield(a, lf->off) ==
+		       *(const unsigned long *)cfield(b, lf->off);
 	case LEAF_LISTEN:
 	case LEAF_CERTS:
+	case LEAF_MILTER:
 		break;
 	}
 	return false; /* no row names such a key */
@@ -910,6 +1126,7 @@ int config_defaults(struct tf_config *cfg)
 	cfg->limits.line_length = 2048;
 	cfg->limits.max_errors = 10;
 	cfg->limits.shutdown_timeout = 30;
+	cfg->limits.message_size_limit = 52428800; /* 50 MiB */
 
 	cfg->bare_newlines = TF_BARE_SANITIZE;
 	cfg->log_level = TF_LOG_INFO;
@@ -931,6 +1148,14 @@ static void free_listen(char **list)
 		free(list[i]);
 }
 
+static void free_milters(struct tf_milter_config *milters)
+{
+	for (size_t i = 0; i < TF_MAX_MILTERS; i++) {
+		free(milters[i].name);
+		free(milters[i].socket);
+	}
+}
+
 void config_free(struct tf_config *cfg)
 {
 	if (cfg == NULL)
@@ -949,6 +1174,8 @@ void config_free(struct tf_config *cfg)
 	free_listen(cfg->inbound.tls.listen);
 	free_listen(cfg->outbound.listen);
 	free_listen(cfg->metrics.listen);
+	free_milters(cfg->inbound.milters);
+	free_milters(cfg->outbound.milters);
 	free(cfg->outbound.next_hop);
 	free(cfg->outbound.ca_file);
 	free(cfg->user);

@@ -42,6 +42,10 @@ struct smtp_rules_session {
 	bool tls_auth;	       /* inbound.tls.name_and_password */
 	bool tls_active;       /* a TLS session (§1) */
 	bool needs_ehlo;       /* after STARTTLS, before the next EHLO/HELO */
+	/* Issue 14: the EHLO reply advertises SIZE at most this many bytes
+	 * (limits.message_size_limit in sessions with milters); 0: SIZE is
+	 * left as the backend sent it. */
+	unsigned long size_limit;
 };
 
 /* Which rule made a refusal: the label of tlsfront_refusals_total (issue 13).

@@ -4,8 +4,8 @@
 #   (a) mandoc -Tlint -Wstyle prints any message for man/tlsfront.8 or
 #       man/tlsfront.conf.5;
 #   (b) a configuration key of policy/config.c's key table (its leaves[]),
-#       a value of one of its enum keys, or a tls.certificates member has no
-#       entry in tlsfront.conf.5;
+#       a value of one of its enum keys, a tls.certificates member or a
+#       member of a milters group has no entry in tlsfront.conf.5;
 #   (c) an event=NAME logged by proxy/, certs/ or policy/, a close reason of
 #       smtp_close_reason_name(), or a key of the event=session summary line
 #       has no entry in tlsfront.8.
@@ -110,6 +110,14 @@ need 2 "tls.certificates members" "$members"
 for m in $members; do
 	printf '%s\n' "$text5" | grep -Eq "Ic $m( |\$)" ||
 		missing "tls.certificates member $m is not named in tlsfront.conf.5"
+done
+
+members=$(section "$config" '^static int read_milter[(]' '^}' |
+	sed -n 's/.*strcmp(name, "\([a-z_]*\)").*/\1/p')
+need 5 "milter members (read_milter)" "$members"
+for m in $members; do
+	has_item "$text5" "$m" Ic ||
+		missing "milters member $m has no '.It Ic $m' in tlsfront.conf.5"
 done
 
 # ---- (c) log events, close reasons, summary keys ----------------------------

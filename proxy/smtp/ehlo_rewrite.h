@@ -15,7 +15,13 @@
 
 /* Appends the rewritten reply to out. text holds a complete reply with CRLF
  * line ends; a reply that is not 250 is appended unchanged. Returns false
- * when out of memory. */
+ * when out of memory.
+ *
+ * When s->size_limit is not 0, the reply says "SIZE n" (RFC 1870) with n the
+ * smaller of s->size_limit and the backend's SIZE ("SIZE", "SIZE 0" or a
+ * SIZE without a number meaning no limit): in place of the backend's first
+ * SIZE line (later ones are dropped), or after the kept lines, before
+ * STARTTLS, when the backend sent none. */
 bool ehlo_rewrite(const struct smtp_rules_session *s, int code, const char *text, size_t len,
 		  struct buf *out);
 

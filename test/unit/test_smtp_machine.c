@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proxy/smtp/ehlo_rewrite.h"
 #include "proxy/smtp/smtp_machine.h"
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -1384,6 +1385,101 @@ static void test_s3_4_helo_reply_unchanged(void **state)
 	run_free(&r);
 }
 
+/* Issue 14: SIZE in sessions with milters (ehlo_rewrite's size_limit). */
+
+/* ehlo_rewrite() of in (a 250 reply) must give want. */
+static void expect_rewrite(const struct smtp_rules_session *rs, const char *in, const char *want)
+{
+	struct buf out = {0};
+	assert_true(ehlo_rewrite(rs, 250, in, strlen(in), &out));
+	if (out.len != strlen(want) || memcmp(out.data, want, out.len) != 0)
+		fail_msg("for:\n%s\nexpected:\n%s\ngot:\n%.*s", in, want, (int)out.len,
+			 out.data ? out.data : "");
+	buf_free(&out);
+}
+
+static void test_i14_ehlo_size_left_alone_without_limit(void **state)
+{
+	struct smtp_rules_session rs = {.size_limit = 0};
+	expect_rewrite(&rs, BIG_EHLO, KEPT_EHLO "250 DSN\r\n");
+	expect_rewrite(&rs, "250-b\r\n250-SIZE\r\n250 8BITMIME\r\n",
+		       "250-b\r\n250-SIZE\r\n250 8BITMIME\r\n");
+	expect_rewrite(&rs, "250-b\r\n250 8BITMIME\r\n", "250-b\r\n250 8BITMIME\r\n");
+}
+
+static void test_i14_ehlo_size_is_the_smaller(void **state)
+{
+	struct smtp_rules_session rs = {.size_limit = 52428800};
+	/* The backend's is smaller: kept, in place. */
+	expect_rewrite(&rs, BIG_EHLO, KEPT_EHLO "250 DSN\r\n");
+	/* Ours is smaller. */
+	rs.size_limit = 1000000;
+	expect_rewrite(&rs, BIG_EHLO,
+		       "250-backend.test Hello\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n"
+		       "250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 DSN\r\n");
+	/* Equal. */
+	rs.size_limit = 10240000;
+	expect_rewrite(&rs, BIG_EHLO, KEPT_EHLO "250 DSN\r\n");
+	/* The last line, case-insensitive, extra spaces. */
+	rs.size_limit = 4096;
+	expect_rewrite(&rs, "250-b\r\n250-PIPELINING\r\n250 size  2048\r\n",
+		       "250-b\r\n250-PIPELINING\r\n250 SIZE 2048\r\n");
+	expect_rewrite(&rs, "250-b\r\n250 SIZE 1000000000000000000000000000\r\n",
+		       "250-b\r\n250 SIZE 4096\r\n");
+}
+
+static void test_i14_ehlo_size_without_backend_limit(void **state)
+{
+	struct smtp_rules_session rs = {.size_limit = 52428800};
+	/* RFC 1870: no number, or 0, is no fixed limit. */
+	expect_rewrite(&rs, "250-b\r\n250-SIZE\r\n250 8BITMIME\r\n",
+		       "250-b\r\n250-SIZE 52428800\r\n250 8BITMIME\r\n");
+	expect_rewrite(&rs, "250-b\r\n250-SIZE 0\r\n250 8BITMIME\r\n",
+		       "250-b\r\n250-SIZE 52428800\r\n250 8BITMIME\r\n");
+	expect_rewrite(&rs, "250-b\r\n250-SIZE 12ab\r\n250 8BITMIME\r\n",
+		       "250-b\r\n250-SIZE 52428800\r\n250 8BITMIME\r\n");
+	/* No SIZE line: one is added after the kept lines. */
+	expect_rewrite(&rs, "250-b\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+		       "250-b\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 52428800\r\n");
+	expect_rewrite(&rs, "250 b\r\n", "250-b\r\n250 SIZE 52428800\r\n");
+	/* SIZEX is another keyword. */
+	expect_rewrite(&rs, "250-b\r\n250 SIZEX 10\r\n",
+		       "250-b\r\n250-SIZEX 10\r\n250 SIZE 52428800\r\n");
+}
+
+static void test_i14_ehlo_size_before_starttls(void **state)
+{
+	struct smtp_rules_session rs = {.starttls_offered = true, .size_limit = 1024};
+	expect_rewrite(&rs, "250 backend.test\r\n",
+		       "250-backend.test\r\n250-SIZE 1024\r\n250 STARTTLS\r\n");
+	expect_rewrite(&rs, "250-b\r\n250-STARTTLS\r\n250 SIZE 2048\r\n",
+		       "250-b\r\n250-SIZE 1024\r\n250 STARTTLS\r\n");
+	/* After STARTTLS: no STARTTLS, SIZE still. */
+	rs.tls_active = true;
+	expect_rewrite(&rs, "250 backend.test\r\n", "250-backend.test\r\n250 SIZE 1024\r\n");
+}
+
+static void test_i14_ehlo_size_lines_become_one(void **state)
+{
+	struct smtp_rules_session rs = {.size_limit = 52428800};
+	/* The smallest of the backend's, at the first one's place. */
+	expect_rewrite(&rs, "250-b\r\n250-SIZE 5000\r\n250-PIPELINING\r\n250 SIZE 3000\r\n",
+		       "250-b\r\n250-SIZE 3000\r\n250 PIPELINING\r\n");
+	expect_rewrite(&rs, "250-b\r\n250-SIZE\r\n250-PIPELINING\r\n250 SIZE 3000\r\n",
+		       "250-b\r\n250-SIZE 3000\r\n250 PIPELINING\r\n");
+}
+
+static void test_i14_ehlo_size_not_in_other_replies(void **state)
+{
+	struct smtp_rules_session rs = {.size_limit = 1024};
+	const char *in = "554 5.7.1 no\r\n";
+	struct buf out = {0};
+	assert_true(ehlo_rewrite(&rs, 554, in, strlen(in), &out));
+	assert_int_equal(out.len, strlen(in));
+	assert_memory_equal(out.data, in, out.len);
+	buf_free(&out);
+}
+
 /* ---- §3.5 ---------------------------------------------------------------- */
 
 static void test_s3_5_starttls_never_forwarded_220(void **state)
@@ -2740,6 +2836,12 @@ int main(void)
 	    cmocka_unit_test(test_s3_4_ehlo_keywords_case_insensitive),
 	    cmocka_unit_test(test_s3_4_non_250_ehlo_unchanged),
 	    cmocka_unit_test(test_s3_4_helo_reply_unchanged),
+	    cmocka_unit_test(test_i14_ehlo_size_left_alone_without_limit),
+	    cmocka_unit_test(test_i14_ehlo_size_is_the_smaller),
+	    cmocka_unit_test(test_i14_ehlo_size_without_backend_limit),
+	    cmocka_unit_test(test_i14_ehlo_size_before_starttls),
+	    cmocka_unit_test(test_i14_ehlo_size_lines_become_one),
+	    cmocka_unit_test(test_i14_ehlo_size_not_in_other_replies),
 	    cmocka_unit_test(test_s3_5_starttls_never_forwarded_220),
 	    cmocka_unit_test(test_s3_5_starttls_220_after_earlier_replies),
 	    cmocka_unit_test(test_s3_5_starttls_injection_discarded),
