@@ -702,6 +702,8 @@ static void start_milters(struct outbound *s)
 		smtp_machine_backend_unavailable(&s->machine);
 		return;
 	}
+	/* Held messages have a bound: the EHLO reply says it (SIZE). */
+	s->machine.rules.size_limit = cfg->limits.message_size_limit;
 	struct milter_session_info *info = &s->milt->info;
 	info->server_name = cfg->server_name;
 	info->client_family = s->legacy_ss.ss_family;
