@@ -28,6 +28,7 @@
 
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <sys/un.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,9 @@
 #include "proxy/milter/milter_codec.h"
 
 #define READ_BUF_SIZE 65536
+
+/* A replycode's reply fits the verdict whole. */
+_Static_assert(MILTER_SMTP_REPLY_MAX <= MILTER_REPLY_MAX, "verdict reply too small");
 
 #define REPLY_REJECT   "550 5.7.1 Command rejected\r\n"
 #define REPLY_TEMPFAIL "451 4.7.1 Service unavailable - try again later\r\n"
@@ -437,6 +441,10 @@ static void start_connect(struct milter *m)
 	uv_timer_start(&m->timer, on_timeout, (uint64_t)m->conf->connect_timeout * 1000, 0);
 	if (strncmp(s, "unix:", 5) == 0 || strncmp(s, "local:", 6) == 0) {
 		const char *path = strchr(s, ':') + 1;
+		if (!*path || strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+			milter_fail(m, "bad socket (unix path empty or too long)");
+			return;
+		}
 		int rc = uv_pipe_init(c->loop, &m->u.pipe, 0);
 		if (rc < 0) {
 			milter_fail(m, "pipe init");
