@@ -801,6 +801,50 @@ static void test_accept_and_close_midway(void **state)
 	fake_free(&g);
 }
 
+/* A name resolved (inet:localhost:PORT), a body of two chunks cut short by
+ * SMFIR_SKIP, HDR_LEADSPC, and a multi-line replycode at end of message. */
+static void test_resolve_skip_multiline(void **state)
+{
+	(void)state;
+	static const char skip[] = "\0\0\0\x01s";
+	static const char y[] = "\0\0\0\x21y451-4.7.1 busy\r\n451 4.7.1 later\0";
+	struct fake f = {.protocol = SMFIP_SKIP | SMFIP_HDR_LEADSPC,
+			 .answers = {{SMFIC_BODY, skip, 5}, {SMFIC_BODYEOB, y, sizeof(y) - 1}},
+			 .n_answers = 2};
+	fake_start(&f);
+	char sockname[64];
+	snprintf(sockname, sizeof(sockname), "inet:localhost:%s", strrchr(f.socket_text, ':') + 1);
+	const char *sock[] = {sockname};
+	struct session s;
+	session_init(&s, 1, sock, TF_MILTER_ACCEPT, 5);
+	EVENT(&s, milter_chain_connect(s.chain));
+	EVENT(&s, milter_chain_helo(s.chain, "x"));
+	EVENT(&s, milter_chain_mail(s.chain, "<a@b.test>"));
+	EVENT(&s, milter_chain_rcpt(s.chain, "<c@d.test>"));
+	EVENT(&s, milter_chain_data(s.chain));
+	struct message_store msg;
+	message_store_init(&msg, MESSAGE_STORE_MEM_DEFAULT, 0, NULL);
+	message_store_append(&msg, "Subject: x\r\n\r\n", 14);
+	char *body = malloc(100000);
+	assert_non_null(body);
+	memset(body, 'b', 100000);
+	message_store_append(&msg, body, 100000);
+	free(body);
+	struct message_edits e;
+	message_edits_init(&e, MESSAGE_STORE_MEM_DEFAULT, 0, NULL);
+	EVENT(&s, milter_chain_eom(s.chain, &msg, &e));
+	assert_int_equal(s.v.kind, MILTER_TEMPFAIL);
+	assert_string_equal(s.v.reply, "451-4.7.1 busy\r\n451 4.7.1 later\r\n");
+	session_end(&s);
+	fake_end(&f);
+	assert_string_equal(f.seen, "ODCDHDMDRTLNBDEQ");
+	assert_int_equal(f.body.len, MILTER_CHUNK_MAX);
+	assert_string_equal(f.headers.data, "Subject:  x|");
+	message_edits_free(&e);
+	message_store_free(&msg);
+	fake_free(&f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -812,6 +856,7 @@ int main(void)
 	    cmocka_unit_test(test_eom_edits),
 	    cmocka_unit_test(test_two_milters_flags),
 	    cmocka_unit_test(test_accept_and_close_midway),
+	    cmocka_unit_test(test_resolve_skip_multiline),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
