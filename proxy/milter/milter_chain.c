@@ -841,21 +841,26 @@ static bool apply_edit(struct milter_chain *c, struct milter *m, const struct mi
 	struct message_edits *e = c->edits;
 	int rc = 0;
 	*what = "modification not negotiated";
+	/* Under HDR_LEADSPC values come with the space after the colon; the
+	 * edits hold them without it (message_edit.h). */
+	const char *value = r->value;
+	if (value && (m->protocol & SMFIP_HDR_LEADSPC) && *value == ' ')
+		value++;
 	switch (r->cmd) {
 	case SMFIR_ADDHEADER:
 		if (!may(m, SMFIF_ADDHDRS))
 			return false;
-		rc = message_edits_header(e, HEADER_ADD, 0, r->name, r->value);
+		rc = message_edits_header(e, HEADER_ADD, 0, r->name, value);
 		break;
 	case SMFIR_INSHEADER:
 		if (!may(m, SMFIF_ADDHDRS))
 			return false;
-		rc = message_edits_header(e, HEADER_INSERT, r->index, r->name, r->value);
+		rc = message_edits_header(e, HEADER_INSERT, r->index, r->name, value);
 		break;
 	case SMFIR_CHGHEADER:
 		if (!may(m, SMFIF_CHGHDRS))
 			return false;
-		rc = message_edits_header(e, HEADER_CHANGE, r->index, r->name, r->value);
+		rc = message_edits_header(e, HEADER_CHANGE, r->index, r->name, value);
 		break;
 	case SMFIR_REPLBODY:
 		if (!may(m, SMFIF_CHGBODY))
