@@ -11,7 +11,7 @@
  * event generation is still current).
  *
  * Every wait has a timeout: connect_timeout for resolving, connecting; the
- * milter's timeout for a reply or a write to drain. Reads go to one 64 KiB
+ * milter's timeout for a reply or a write to drain. Reads go to one 16 KiB
  * buffer of the chain, packets are bounded by the codec (MILTER_PACKET_MAX),
  * body chunks are read from the store one at a time and sent one at a time.
  *
@@ -36,7 +36,7 @@
 #include "proxy/log.h"
 #include "proxy/milter/milter_codec.h"
 
-#define READ_BUF_SIZE 65536
+#define READ_BUF_SIZE 16384 /* the reader gathers larger packets */
 
 /* A replycode's reply fits the verdict whole. */
 _Static_assert(MILTER_SMTP_REPLY_MAX <= MILTER_REPLY_MAX, "verdict reply too small");
@@ -124,9 +124,9 @@ struct milter_chain {
 	uint64_t body_off;
 	bool body_replaced; /* the current milter sent SMFIR_REPLBODY */
 
-	struct buf out;		      /* packets being built */
-	char rbuf[READ_BUF_SIZE];     /* every milter's reads */
-	char chunk[MILTER_CHUNK_MAX]; /* the body chunk being sent */
+	struct buf out;		  /* packets being built */
+	char rbuf[READ_BUF_SIZE]; /* every milter's reads */
+	char *chunk; /* the body chunk being sent (MILTER_CHUNK_MAX); owned, EOM only */
 };
 
 static void run(struct milter_chain *c);
@@ -144,6 +144,7 @@ static void chain_free(struct milter_chain *c)
 	if (c->view_init)
 		message_store_free(&c->view);
 	buf_free(&c->out);
+	free(c->chunk);
 	free(c->arg);
 	free(c);
 }
@@ -228,6 +229,8 @@ static void release_eom(struct milter_chain *c)
 	c->edits = NULL;
 	c->shown = NULL;
 	c->shown_hs = NULL;
+	free(c->chunk);
+	c->chunk = NULL;
 }
 
 /* Ends the event with this verdict and calls done, last. */
@@ -612,6 +615,8 @@ static void next_milter(struct milter_chain *c)
  * message as the earlier milters left it). Returns false on failure. */
 static bool eom_prepare(struct milter_chain *c)
 {
+	if (!c->chunk && !(c->chunk = malloc(MILTER_CHUNK_MAX)))
+		return false;
 	if (!c->hs_read) {
 		if (message_headers_read(c->msg, &c->hs) != 0)
 			return false;
@@ -710,7 +715,7 @@ static enum adv eom_step(struct milter_chain *c, struct milter *m)
 		case PH_BODY: {
 			ssize_t got =
 			    message_store_read(c->shown, c->shown_hs->body_offset + c->body_off,
-					       c->chunk, sizeof(c->chunk));
+					       c->chunk, MILTER_CHUNK_MAX);
 			if (got < 0) {
 				log_error(m, "cannot read the held message");
 				finish(c, MILTER_TEMPFAIL, REPLY_TEMPFAIL, milter_name(m));
