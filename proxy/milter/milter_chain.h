@@ -28,9 +28,17 @@
  * Ownership: the chain owns its connections, timers and buffers; it borrows
  * the configuration entries (which live in the session's configuration
  * generation) and the message store and edits given to milter_chain_eom
- * until the done callback. milter_chain_close() sends QUIT, closes every
- * handle and frees the chain once the last handle is closed; the done
- * callback is never called after milter_chain_close().
+ * until the done callback. milter_chain_close() sends QUIT (to each
+ * negotiated milter whose connection can take it at once: it never waits),
+ * closes every handle and frees the chain once the last handle is closed;
+ * the done callback is never called after milter_chain_close().
+ *
+ * Sockets: "inet:HOST:PORT" with HOST an IPv4 or IPv6 literal ("[v6]"
+ * allowed) or a name resolved with uv_getaddrinfo (its first IPv4 address
+ * if it has one, else its first address; no other address is tried), and
+ * "unix:/path" (or "local:/path"). A milter that failed is not reconnected
+ * in the same session: its default_action answers every later event
+ * (accept: it is skipped), as Postfix does.
  */
 #ifndef TLSFRONT_MILTER_CHAIN_H
 #define TLSFRONT_MILTER_CHAIN_H
@@ -101,7 +109,8 @@ struct milter_chain *milter_chain_new(uv_loop_t *loop, const struct tf_milter_co
 				      size_t n, const struct milter_session_info *info,
 				      const char *session_id, milter_done_cb done, void *owner);
 
-/* The events, each answered by one call of done. helo, mail and rcpt are
+/* The events, each answered by one call of done; milter_chain_connect
+ * first. helo, mail and rcpt are
  * the command's argument as the client sent it ("client.example", the
  * address with its angle brackets, then the ESMTP arguments separated by
  * spaces, as SMFIC_MAIL/SMFIC_RCPT carry them: the path first, then each
@@ -118,7 +127,10 @@ void milter_chain_eom(struct milter_chain *c, struct message_store *msg,
 		      struct message_edits *edits);
 /* The transaction ended without end of message (RSET, a refused DATA, a
  * new MAIL after a refusal): SMFIC_ABORT to every milter in the message,
- * no reply expected, no done call. Also ends a discard. */
+ * no reply expected, no done call. Also ends a discard. Only between
+ * events (while an event waits for done it does nothing). A discard
+ * answered at MAIL or RCPT holds for the rest of the message: later RCPT,
+ * DATA and end of message are answered MILTER_DISCARD without asking. */
 void milter_chain_abort(struct milter_chain *c);
 /* QUIT to every connected milter, then closes and frees (see above). */
 void milter_chain_close(struct milter_chain *c);

@@ -13,13 +13,17 @@ secs=${2:-30}
 mkdir -p "$out"
 flags="-g -O1 -std=c17 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined"
 status=0
-run() { # name, pkg-config packages, sources...
+run() { # name, pkg-config packages (or ""), sources...
 	name=$1
 	pkgs=$2
 	shift 2
-	# shellcheck disable=SC2046,SC2086 # $flags and pkg-config's words are meant to split
-	if ! clang $flags $(pkg-config --cflags $pkgs) "$@" -o "$out/$name" \
-		$(pkg-config --libs $pkgs); then
+	cflags="" libs=""
+	if [ -n "$pkgs" ]; then # "": the harness needs libc only
+		# shellcheck disable=SC2086 # one word per package
+		cflags=$(pkg-config --cflags $pkgs) && libs=$(pkg-config --libs $pkgs)
+	fi
+	# shellcheck disable=SC2086 # $flags and pkg-config's words are meant to split
+	if ! clang $flags $cflags "$@" -o "$out/$name" $libs; then
 		echo "fuzz: $name does not build"
 		status=1
 		return
@@ -54,4 +58,6 @@ run fuzz_outbound_nego libconfig test/fuzz/fuzz_outbound_nego.c proxy/smtp/*.c \
 	policy/smtp_rules.c policy/outbound_policy.c
 run fuzz_tls_session "gnutls libconfig" test/fuzz/fuzz_tls_session.c proxy/tls_io.c certs/*.c \
 	proxy/smtp/*.c policy/*.c
+run fuzz_milter_codec "" test/fuzz/fuzz_milter_codec.c proxy/milter/milter_codec.c \
+	proxy/smtp/buf.c
 exit $status
