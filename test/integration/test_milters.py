@@ -164,6 +164,25 @@ def first_refusal(steps):
     return None, None
 
 
+def stop_milter_process(proc):
+    """SIGTERM, then SIGKILL after a second: libmilter notices SIGTERM only
+    when its listener's poll times out (about 5 s), and neither milter here
+    has anything left to write."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(1)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    proc.kill()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 # ---- the test milter --------------------------------------------------------------------
 
 class ScriptMilter:
@@ -232,18 +251,7 @@ class ScriptMilter:
         return self.events(event)
 
     def stop(self):
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
+        stop_milter_process(self.proc)
 
 
 @pytest.fixture
@@ -960,16 +968,7 @@ class OpenDkim:
             return ""
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
+        stop_milter_process(self.proc)
 
 
 @pytest.fixture
