@@ -6,7 +6,10 @@
 # sanitizer and libFuzzer runtime lives in libclang-rt-14-dev. The systemd
 # unit's test runs systemd-analyze (systemd), which wants the unit's
 # ExecReload=/bin/kill to exist (procps). The metrics endpoint is served
-# by libmicrohttpd; its test scrapes with a real prometheus.
+# by libmicrohttpd; its test scrapes with a real prometheus. The milter
+# tests (issue 14) run a test milter written with python3-milter and a real
+# OpenDKIM (signing and verifying; opendkim-tools makes the keys,
+# python3-dkim checks the signatures).
 set -eu
 PKGS="build-essential meson ninja-build pkg-config
       libgnutls28-dev libuv1-dev libconfig-dev libcmocka-dev
@@ -15,7 +18,8 @@ PKGS="build-essential meson ninja-build pkg-config
       podman mmdebstrap python3-yaml
       testssl.sh python3-cryptography
       libnet-ssleay-perl libclang-rt-14-dev mandoc libsystemd-dev systemd procps
-      libmicrohttpd-dev prometheus"
+      libmicrohttpd-dev prometheus
+      python3-milter opendkim opendkim-tools python3-dkim"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
