@@ -44,6 +44,7 @@ struct milter_session {
 	struct milter_chain *chain;
 	struct milter_session_info info;
 	char client_name[80];
+	char tls_version[16]; /* {tls_version} in Postfix's spelling */
 	struct smtp_machine *machine; /* borrowed: the session's */
 	void *owner;
 	const struct milter_session_ops *ops;

@@ -640,10 +640,17 @@ static void milt_refresh(void *owner, struct milter_session_info *info)
 	struct session *s = owner;
 	const struct tls_io *t = s->client_ep.tls;
 	bool tls = t && t->established;
-	info->tls_version = tls ? tls_io_version(t) : NULL;
+	/* {tls_version} as Postfix writes it ("TLSv1.3"): GnuTLS says "TLS1.3". */
+	const char *v = tls ? tls_io_version(t) : NULL;
+	if (v && strncmp(v, "TLS", 3) == 0 && v[3] != 'v') {
+		snprintf(s->milt->tls_version, sizeof(s->milt->tls_version), "TLSv%s", v + 3);
+		v = s->milt->tls_version;
+	}
+	info->tls_version = v;
 	info->cipher = tls ? tls_io_cipher(t) : NULL;
+	info->cipher_bits = tls ? tls_io_cipher_bits(t) : 0;
 	info->auth_authen = smtp_machine_user(&s->machine);
-	info->auth_type = NULL;
+	info->auth_type = smtp_machine_auth_type(&s->machine);
 }
 
 static void milt_failed(void *owner, const char *why)

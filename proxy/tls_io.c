@@ -258,6 +258,13 @@ const char *tls_io_cipher(const struct tls_io *t)
 	return c ? c : "none";
 }
 
+unsigned tls_io_cipher_bits(const struct tls_io *t)
+{
+	if (!t || !t->established)
+		return 0;
+	return (unsigned)gnutls_cipher_get_key_size(gnutls_cipher_get(t->session)) * 8;
+}
+
 void tls_io_sni(const struct tls_io *t, char *out, size_t outlen)
 {
 	snprintf(out, outlen, "none");

@@ -88,6 +88,8 @@ void tls_io_bye(struct tls_io *t);
 /* For the summary line: "TLS1.3", the cipher name, the SNI (or "none"). */
 const char *tls_io_version(const struct tls_io *t);
 const char *tls_io_cipher(const struct tls_io *t);
+/* The cipher's key size in bits ({cipher_bits} for milters); 0 without TLS. */
+unsigned tls_io_cipher_bits(const struct tls_io *t);
 void tls_io_sni(const struct tls_io *t, char *out, size_t outlen);
 /* True when the handshake resumed an earlier session (a ticket). */
 bool tls_io_resumed(const struct tls_io *t);

@@ -11,6 +11,7 @@
 #include "proxy/smtp/smtp_machine.h"
 #include "proxy/smtp/smtp_machine_priv.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -83,6 +84,11 @@ const char *smtp_machine_user(const struct smtp_machine *m)
 	return m->authenticated && m->user[0] ? m->user : NULL;
 }
 
+const char *smtp_machine_auth_type(const struct smtp_machine *m)
+{
+	return m->authenticated && m->mech[0] ? m->mech : NULL;
+}
+
 /* ---- the SASL user name (§3.6) ------------------------------------------ */
 
 /* Ends the reading of an exchange: no candidate, no line left to read. */
@@ -101,6 +107,13 @@ static void auth_begin(struct smtp_machine *m, const char *line, size_t len)
 	size_t ir_len;
 	enum sasl_mech mech = sasl_auth_line(line, len, &ir, &ir_len);
 	auth_forget(m);
+	/* The mechanism's name: the word after AUTH, for {auth_type}. */
+	size_t i = 4, k = 0;
+	while (i < len && (line[i] == ' ' || line[i] == '\t'))
+		i++;
+	while (i < len && line[i] != ' ' && line[i] != '\t' && k + 1 < sizeof(m->mech_candidate))
+		m->mech_candidate[k++] = (char)toupper((unsigned char)line[i++]);
+	m->mech_candidate[k] = '\0';
 	if (!ir)
 		m->auth_next = (unsigned char)mech;
 	else if (mech == SASL_MECH_PLAIN || mech == SASL_MECH_LOGIN)
@@ -125,6 +138,7 @@ static void auth_final(struct smtp_machine *m, int code)
 	if (code == 235) {
 		m->authenticated = true;
 		memcpy(m->user, m->user_candidate, sizeof(m->user));
+		memcpy(m->mech, m->mech_candidate, sizeof(m->mech));
 	}
 	auth_forget(m);
 }
@@ -768,6 +782,7 @@ void smtp_machine_tls_established(struct smtp_machine *m)
 	m->authenticated = false;
 	auth_forget(m);
 	memset(m->user, 0, sizeof(m->user));
+	memset(m->mech, 0, sizeof(m->mech));
 	/* RFC 3207 §4.2: forget everything of the plaintext phase. */
 	buf_free(&m->in);
 	if (m->cfg.milters && m->in_txn) {

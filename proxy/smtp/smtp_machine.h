@@ -184,6 +184,8 @@ struct smtp_machine {
 	unsigned char auth_next;	     /* enum sasl_mech of the next SASL line */
 	char user_candidate[SASL_USER_SIZE]; /* the exchange in progress; "" */
 	char user[SASL_USER_SIZE];	     /* of the 235; "" when none */
+	char mech_candidate[24];	     /* the exchange's mechanism, uppercase */
+	char mech[24];			     /* of the 235 ({auth_type}); "" */
 
 	/* Milters (issue 14; milter_gate.c). */
 	bool milter_wait;	   /* a verdict is awaited: client input is held */
@@ -231,6 +233,8 @@ void smtp_machine_shutdown(struct smtp_machine *m);
  * read. Borrowed from the machine; valid until the next call into it. May
  * hold characters a key=value log must quote (log_value()). */
 const char *smtp_machine_user(const struct smtp_machine *m);
+/* The SASL mechanism of the exchange that got 235 ("PLAIN"), or NULL. */
+const char *smtp_machine_auth_type(const struct smtp_machine *m);
 
 /* False while the held client input is at its bound: stop reading. */
 bool smtp_machine_wants_client_input(const struct smtp_machine *m);
