@@ -1171,9 +1171,13 @@ def test_fixture_opendkim_under_postfix(opendkim_factory, dkim_key):
     pf = postfix_with_milter(verifier.socket)
     try:
         with smtplib.SMTP(HOST, pf.port, timeout=IO_TIMEOUT) as s:
-            s.sendmail("alice@example.test", ["bob@postfix.test"], dkim_sign(DKIM_MSG, dkim_key))
-        verified = held_messages(pf, 1)[0]["content"]
+            good = dkim_sign(DKIM_MSG, dkim_key)
+            s.sendmail("alice@example.test", ["bob@postfix.test"], good)
+            s.sendmail("alice@example.test", ["bob@postfix.test"],
+                       good.replace(b"Signed on the way out.", b"Changed on the way in."))
+        held = [m["content"] for m in held_messages(pf, 2)]
     finally:
         pf.stop()
-    ar = header_values(verified, "Authentication-Results")
-    assert len(ar) == 1 and re.search(r"\bdkim=pass\b", ar[0]), verified[:2000]
+    results = sorted(header_values(m, "Authentication-Results")[0] for m in held)
+    assert re.search(r"\bdkim=fail\b", results[0]), results
+    assert re.search(r"\bdkim=pass\b", results[1]), results
