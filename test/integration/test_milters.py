@@ -44,6 +44,7 @@ import json
 import os
 import random
 import re
+import signal
 import smtplib
 import subprocess
 import time
@@ -735,6 +736,52 @@ def test_unreachable_milter_reject(tmp_path, milter_front, aiosmtpd_backend):
         assert r.code // 100 == 5, r
         c.cmd("QUIT")
     no_message(aiosmtpd_backend, tf, c.local)
+
+
+# ---- reload ---------------------------------------------------------------------------------
+
+def reload_status(tf, timeout=10.0):
+    """SIGHUP; the status of the next event=reload line ("ok", "error")."""
+    def lines():
+        return [l for l in tf.log_text().splitlines()
+                if re.search(r"(^|\s)event=reload(\s|$)", l) and "status=" in l]
+    before = len(lines())
+    tf.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: len(lines()) > before, timeout), tf.log_text()
+    return tfhelpers.parse_kv(lines()[before]), lines()[before]
+
+
+def test_reload_applies_milters_to_new_sessions(milter_factory, milter_front,
+                                                aiosmtpd_backend):
+    """SIGHUP: a session open before it keeps its milters; a new one gets
+    the new list (here: none); a list with an error is refused at
+    FILE:LINE and the running one stays."""
+    m = milter_factory({"actions": [{"at": "rcpt", "result": "reject"}]})
+    tf = milter_front([m])
+    before, _ = starttls_client(tf.port)
+    with before:
+        # A broken milter list: refused, the old configuration stays.
+        with open(tf.config_path) as f:
+            good = f.read()
+        with open(tf.config_path, "w") as f:
+            f.write(good.replace('default_action = "tempfail"', 'default_action = "maybe"'))
+        kv, line = reload_status(tf)
+        assert kv.get("status") == "failed", line
+        assert re.search(r"\.conf:\d+: .*default_action", line), line
+        step, r = first_refusal(transaction(before))
+        assert (step, r.lines) == ("rcpt", [REJECT_LINE]), (step, r)
+        before.cmd("RSET")
+
+        with open(tf.config_path, "w") as f:
+            f.write(re.sub(r"milters = \(.*?\); \}", "}", good, flags=re.S))
+        kv, line = reload_status(tf)
+        assert kv.get("status") == "ok", line
+        # The session from before the reload keeps its generation.
+        step, r = first_refusal(transaction(before))
+        assert (step, r.lines) == ("rcpt", [REJECT_LINE]), (step, r)
+        before.cmd("QUIT")
+    assert deliver(tf.port) == {}
+    assert aiosmtpd_backend.wait_messages(1)
 
 
 # ---- size -----------------------------------------------------------------------------------------
