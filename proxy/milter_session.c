@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proxy/address.h"
 #include "proxy/log.h"
 
 #define MS_CONNECT 0x40 /* beside the MEV_* kinds of smtp_machine.h */
@@ -111,8 +112,20 @@ static void ask(struct milter_session *ms, unsigned char ev, const char *arg)
 	}
 }
 
-void milter_session_start(struct milter_session *ms, const char *helo)
+void milter_session_start(struct milter_session *ms, const char *server_name,
+			  const struct sockaddr *client, const struct sockaddr *local,
+			  const char *helo)
 {
+	struct milter_session_info *info = &ms->info;
+	info->server_name = server_name;
+	info->client_family = client->sa_family;
+	address_ip(client, info->client_addr, sizeof(info->client_addr));
+	info->client_port = address_port(client);
+	if (local)
+		address_ip(local, info->if_addr, sizeof(info->if_addr));
+	snprintf(ms->client_name, sizeof(ms->client_name), "[%s]", info->client_addr);
+	/* Held messages have a bound: the EHLO reply says it (SIZE). */
+	ms->machine->rules.size_limit = (unsigned long)ms->size_limit;
 	if (helo && helo[0]) {
 		snprintf(ms->helo, sizeof(ms->helo), "%s", helo);
 		ms->deferred_helo = true;
@@ -250,9 +263,7 @@ static void done_cb(void *owner, const struct milter_verdict *v)
 	if (!ms->busy && ms->deferred) {
 		unsigned char d = ms->deferred;
 		ms->deferred = 0;
-		if (d == MEV_EOM && eom_refused(ms))
-			;
-		else
+		if (!(d == MEV_EOM && eom_refused(ms)))
 			ask(ms, d, ms->deferred_arg);
 	}
 	ms->ops->step(ms->owner);

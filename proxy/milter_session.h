@@ -20,6 +20,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #include "proxy/milter/message_edit.h"
@@ -44,7 +45,7 @@ struct milter_session {
 	struct milter_chain *chain;
 	struct milter_session_info info;
 	char client_name[80];
-	char tls_version[16]; /* {tls_version} in Postfix's spelling */
+	char tls_version[16];	      /* {tls_version} in Postfix's spelling */
 	struct smtp_machine *machine; /* borrowed: the session's */
 	void *owner;
 	const struct milter_session_ops *ops;
@@ -71,15 +72,19 @@ struct milter_session {
 
 /* Creates the milter side of a session with the n milters of conf
  * (borrowed from the session's configuration generation); NULL when out of
- * memory. Sends the connect event at once (info's client fields filled by
- * the caller first, through the returned struct's info). */
+ * memory. Nothing is sent before milter_session_start(). */
 struct milter_session *milter_session_new(uv_loop_t *loop, const struct tf_milter_config *conf,
 					  size_t n, uint64_t size_limit,
 					  struct smtp_machine *machine, void *owner,
 					  const struct milter_session_ops *ops, const char *id);
-/* Starts the conversation: SMFIC_CONNECT, and for an outbound session whose
- * greeting and EHLO went before the machine (helo not NULL), SMFIC_HELO. */
-void milter_session_start(struct milter_session *ms, const char *helo);
+/* Starts the conversation: the milters' view of the client (client, and
+ * local when known, else NULL; server_name borrowed for the session),
+ * the EHLO reply's SIZE, then SMFIC_CONNECT and, for an outbound session
+ * whose greeting and EHLO went before the machine (helo not NULL),
+ * SMFIC_HELO. */
+void milter_session_start(struct milter_session *ms, const char *server_name,
+			  const struct sockaddr *client, const struct sockaddr *local,
+			  const char *helo);
 /* From the owner's step, before it writes act.to_backend: holds act.to_hold
  * and carries out the machine's milter actions. */
 void milter_session_actions(struct milter_session *ms);

@@ -702,15 +702,8 @@ static void start_milters(struct outbound *s)
 		smtp_machine_backend_unavailable(&s->machine);
 		return;
 	}
-	/* Held messages have a bound: the EHLO reply says it (SIZE). */
-	s->machine.rules.size_limit = cfg->limits.message_size_limit;
-	struct milter_session_info *info = &s->milt->info;
-	info->server_name = cfg->server_name;
-	info->client_family = s->legacy_ss.ss_family;
-	address_ip((struct sockaddr *)&s->legacy_ss, info->client_addr, sizeof(info->client_addr));
-	info->client_port = address_port((struct sockaddr *)&s->legacy_ss);
-	snprintf(s->milt->client_name, sizeof(s->milt->client_name), "[%s]", info->client_addr);
-	milter_session_start(s->milt, s->nego.name);
+	milter_session_start(s->milt, cfg->server_name, (struct sockaddr *)&s->legacy_ss, NULL,
+			     s->nego.name);
 }
 
 /* ---- start ------------------------------------------------------------- */

@@ -689,16 +689,8 @@ static void start_milters(struct session *s)
 		smtp_machine_backend_unavailable(&s->machine);
 		return;
 	}
-	/* Held messages have a bound: the EHLO reply says it (SIZE). */
-	s->machine.rules.size_limit = cfg->limits.message_size_limit;
-	struct milter_session_info *info = &s->milt->info;
-	info->server_name = cfg->server_name;
-	info->client_family = s->peer.ss_family;
-	address_ip((struct sockaddr *)&s->peer, info->client_addr, sizeof(info->client_addr));
-	info->client_port = address_port((struct sockaddr *)&s->peer);
-	address_ip((struct sockaddr *)&s->local, info->if_addr, sizeof(info->if_addr));
-	snprintf(s->milt->client_name, sizeof(s->milt->client_name), "[%s]", info->client_addr);
-	milter_session_start(s->milt, NULL);
+	milter_session_start(s->milt, cfg->server_name, (struct sockaddr *)&s->peer,
+			     (struct sockaddr *)&s->local, NULL);
 }
 
 /* ---- start ------------------------------------------------------------- */
