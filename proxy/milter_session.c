@@ -278,20 +278,24 @@ void milter_session_actions(struct milter_session *ms)
 		(void)message_store_append_wire(&ms->msg, data, len); /* errors: at EOM */
 		free(data);
 	}
-	if (a->milter_abort) {
-		a->milter_abort = false;
-		milter_chain_abort(ms->chain);
-		forget_message(ms);
-	}
-	if (a->milter_event) {
-		unsigned char ev = a->milter_event;
-		const char *arg = a->milter_arg;
-		a->milter_event = MEV_NONE;
-		if (ms->busy) {
-			ms->deferred = ev;
-			ms->deferred_arg = arg;
-		} else if (!(ev == MEV_EOM && eom_refused(ms))) {
-			ask(ms, ev, arg);
+	/* A refusal decided here (eom_refused) lets the machine read the
+	 * client's next command, which may raise the next event at once. */
+	for (unsigned round = 0; round < 4 && (a->milter_abort || a->milter_event); round++) {
+		if (a->milter_abort) {
+			a->milter_abort = false;
+			milter_chain_abort(ms->chain);
+			forget_message(ms);
+		}
+		if (a->milter_event) {
+			unsigned char ev = a->milter_event;
+			const char *arg = a->milter_arg;
+			a->milter_event = MEV_NONE;
+			if (ms->busy) {
+				ms->deferred = ev;
+				ms->deferred_arg = arg;
+			} else if (!(ev == MEV_EOM && eom_refused(ms))) {
+				ask(ms, ev, arg);
+			}
 		}
 	}
 	if (a->send_held) {

@@ -19,11 +19,21 @@
 
 static const char R_354[] = "354 End data with <CR><LF>.<CR><LF>\r\n";
 static const char R_NEED_MAIL[] = "503 5.5.1 Error: need MAIL command\r\n";
+static const char R_NESTED_MAIL[] = "503 5.5.1 Error: nested MAIL command\r\n";
+static const char R_REPLAY_FAILED[] =
+    "451 4.3.0 Error: the backend refused the milters' changes, try again later\r\n";
+static const char R_BAD_CHANGE[] =
+    "451 4.3.0 Error: a milter's change cannot be sent, try again later\r\n";
+static const char R_TOO_MANY[] = "452 4.5.3 Error: too many recipients\r\n";
+/* An added recipient's replay slot (PEND_REPLAY with this reply). */
+static const char ADDED[] = "added";
 static const char R_NO_RCPT[] = "554 5.5.1 Error: no valid recipients\r\n";
 /* A discarded message looks delivered to the sender, as in Postfix. */
 static const char R_DISCARDED[] = "250 2.0.0 Ok: queued";
 
 /* A milter's reply (complete, CRLF-terminated) in the client's turn. */
+static void replay_end(struct smtp_machine *m);
+
 static void queue_owned(struct smtp_machine *m, const char *reply)
 {
 	char *copy = strdup(reply);
@@ -91,6 +101,7 @@ static void forward_command(struct smtp_machine *m, enum smtp_verb verb, const c
 		m->rules.needs_ehlo = false; /* §3.5 */
 	if (verb == VERB_MAIL) {
 		m->in_txn = true;
+		m->mails_pending++;
 		m->txn_mail.len = 0;
 		if (!buf_append(&m->txn_mail, line, len))
 			sm_out_of_memory(m);
@@ -107,6 +118,17 @@ static void abort_txn(struct smtp_machine *m)
 	end_txn(m);
 }
 
+/* Ends an open transaction on both sides: the milters get abort, the
+ * backend RSET, so the backend never keeps an envelope the milters no
+ * longer judge. */
+static void abort_txn_everywhere(struct smtp_machine *m)
+{
+	if (!m->in_txn)
+		return;
+	m->act.milter_abort = true;
+	end_txn_with_rset(m);
+}
+
 bool sm_milter_command(struct smtp_machine *m, enum smtp_verb verb, const char *line, size_t len)
 {
 	enum smtp_milter_event ev;
@@ -116,7 +138,9 @@ bool sm_milter_command(struct smtp_machine *m, enum smtp_verb verb, const char *
 		return false;
 	case VERB_EHLO:
 	case VERB_HELO:
-		abort_txn(m); /* RFC 5321 §4.1.4: EHLO resets the transaction */
+		/* RFC 5321 §4.1.4: EHLO resets the transaction (at the
+		 * backend too, even when a milter refuses this EHLO). */
+		abort_txn_everywhere(m);
 		ev = MEV_HELO;
 		break;
 	case VERB_MAIL:
@@ -124,7 +148,10 @@ bool sm_milter_command(struct smtp_machine *m, enum smtp_verb verb, const char *
 			queue_owned(m, m->session_refusal);
 			return true;
 		}
-		abort_txn(m);
+		if (m->in_txn) {
+			queue_owned(m, R_NESTED_MAIL); /* as Postfix */
+			return true;
+		}
 		ev = MEV_MAIL;
 		break;
 	case VERB_RCPT:
@@ -181,12 +208,17 @@ bool sm_milter_release(struct smtp_machine *m, struct smtp_pending *p)
 		free(reply);
 		return true;
 	}
+	if (p->kind == PEND_REPLAY_END) {
+		sm_fifo_pop(m);
+		replay_end(m);
+		return m->phase != PHASE_CLOSED;
+	}
 	/* PEND_MILTER_DATA: every earlier reply is out. */
 	if (m->milter_wait)
 		return false;
 	sm_fifo_pop(m);
 	if (m->rcpts_ok == 0) {
-		abort_txn(m);
+		abort_txn_everywhere(m);
 		refuse_data(m, R_NO_RCPT);
 		return true;
 	}
@@ -199,6 +231,15 @@ bool sm_milter_release(struct smtp_machine *m, struct smtp_pending *p)
 
 void sm_milter_reply(struct smtp_machine *m, enum smtp_verb verb, int code)
 {
+	if (verb == VERB_MAIL && m->mails_pending)
+		m->mails_pending--;
+	if (verb == VERB_MAIL && (code < 200 || code > 299) && !m->mails_pending) {
+		/* The backend refused the transaction's MAIL: it is over for
+		 * the milters too. */
+		if (m->in_txn)
+			m->act.milter_abort = true;
+		end_txn(m);
+	}
 	if (verb == VERB_MAIL || verb == VERB_RSET || verb == VERB_EHLO || verb == VERB_HELO) {
 		forget_rcpts(m);
 		return;
@@ -248,6 +289,7 @@ void sm_milter_held_data_reply(struct smtp_machine *m, int code, const char *tex
 	 * left after the milters' changes, say): its reply is the client's. */
 	sm_to_client(m, text, len);
 	m->milter_wait = false;
+	m->act.milter_abort = true; /* the held message is over */
 	end_txn_with_rset(m);
 }
 
@@ -293,6 +335,8 @@ void smtp_machine_milter_verdict(struct smtp_machine *m, enum smtp_milter_verdic
 	case MEV_HELO:
 	case MEV_MAIL:
 	case MEV_RCPT:
+		if (v != SMV_REFUSE && ev == MEV_MAIL && m->session_refusal)
+			reply = m->session_refusal, v = SMV_REFUSE; /* came while asking */
 		if (v == SMV_REFUSE) {
 			queue_owned(m, reply);
 			break;
@@ -374,6 +418,34 @@ static bool envelope_line(struct buf *b, const char *verb, const char *addr, con
 	       (!args || !args[0] || (buf_append(b, " ", 1) && buf_append_str(b, args)));
 }
 
+static bool has_line_break(const char *t)
+{
+	return t && strpbrk(t, "\r\n");
+}
+
+/* tlsfront's MAIL or RCPT after the milters' changes. */
+static void replay_line(struct smtp_machine *m, enum smtp_verb verb, const char *line, size_t len,
+			bool added)
+{
+	sm_forward_line(m, line, len);
+	sm_fifo_push(m, (struct smtp_pending){.kind = PEND_REPLAY,
+					      .verb = (unsigned char)verb,
+					      .reply = added ? ADDED : NULL});
+}
+
+/* The milters' end of message can not go to the backend: the client gets
+ * reply, the backend RSET, and the held message is forgotten. The caller
+ * lets the client's next commands in (or returns to a loop that will). */
+static void deliver_refused(struct smtp_machine *m, const char *reply, const char *note)
+{
+	m->milter_wait = false;
+	m->act.milter_abort = true;
+	if (note)
+		m->act.note = note;
+	sm_to_client(m, reply, strlen(reply));
+	end_txn_with_rset(m);
+}
+
 void smtp_machine_milter_deliver(struct smtp_machine *m, const struct smtp_envelope_change *c)
 {
 	if (!m->milter_wait || m->milter_ev != MEV_EOM || m->phase == PHASE_CLOSED)
@@ -382,9 +454,36 @@ void smtp_machine_milter_deliver(struct smtp_machine *m, const struct smtp_envel
 	static const struct smtp_envelope_change none = {0};
 	if (!c)
 		c = &none;
+	bool replay = c->sender || c->n_del;
+	bool bad = has_line_break(c->sender) || has_line_break(c->sender_args);
+	for (size_t i = 0; i < c->n_add; i++)
+		bad = bad || has_line_break(c->add[i]) ||
+		      (c->add_args && has_line_break(c->add_args[i]));
+	if (bad) {
+		deliver_refused(m, R_BAD_CHANGE,
+				"a milter's address or argument holds a line break");
+		sm_process_client(m);
+		return;
+	}
+	/* RSET, MAIL, the recipients, the end marker, DATA: all in the FIFO
+	 * at once, every one of them a slot. */
+	size_t need = (replay ? 2 + m->rcpts_ok : 0) + c->n_add + 2;
+	if (need > SMTP_FIFO_MAX - m->fifo_len) {
+		deliver_refused(m, R_TOO_MANY, NULL);
+		sm_process_client(m);
+		return;
+	}
+	m->replay_ok = 0;
+	m->replay_failed = 0;
+	if (!replay && !c->n_add) {
+		m->replay_ok = 1; /* the backend's recipients stand */
+		sm_fifo_push(m, (struct smtp_pending){.kind = PEND_REPLAY_END});
+		sm_release_local(m);
+		return;
+	}
 	struct buf line = {0};
 	bool ok = true;
-	if (c->sender || c->n_del) {
+	if (replay) {
 		/* A new sender or fewer recipients: the transaction again. */
 		internal_line(m, "RSET", 4);
 		if (c->sender)
@@ -392,7 +491,7 @@ void smtp_machine_milter_deliver(struct smtp_machine *m, const struct smtp_envel
 		else
 			ok = buf_append(&line, m->txn_mail.data, m->txn_mail.len);
 		if (ok)
-			internal_line(m, line.data, line.len);
+			replay_line(m, VERB_MAIL, line.data, line.len, false);
 		size_t off = 0;
 		while (ok && off < m->rcpt_ok.len) {
 			const char *p = m->rcpt_ok.data + off;
@@ -400,18 +499,49 @@ void smtp_machine_milter_deliver(struct smtp_machine *m, const struct smtp_envel
 			size_t n = (size_t)(lf - p) + 1;
 			off += n;
 			if (!deleted(c, p, n - 2))
-				internal_line(m, p, n - 2);
+				replay_line(m, VERB_RCPT, p, n - 2, false);
 		}
+	} else {
+		m->replay_ok = m->rcpts_ok; /* the backend's recipients stand */
 	}
 	for (size_t i = 0; ok && i < c->n_add; i++) {
 		ok = envelope_line(&line, "RCPT TO:", c->add[i],
 				   c->add_args ? c->add_args[i] : NULL);
 		if (ok)
-			internal_line(m, line.data, line.len);
+			replay_line(m, VERB_RCPT, line.data, line.len, true);
 	}
 	buf_free(&line);
 	if (!ok) {
 		sm_out_of_memory(m);
+		return;
+	}
+	sm_fifo_push(m, (struct smtp_pending){.kind = PEND_REPLAY_END});
+}
+
+void sm_milter_replay_reply(struct smtp_machine *m, const struct smtp_pending *p, int code)
+{
+	bool ok = code >= 200 && code < 300;
+	if (ok && p->verb == VERB_RCPT)
+		m->replay_ok++;
+	if (ok)
+		return;
+	if (p->reply == ADDED && code >= 500) {
+		/* A recipient only a milter wanted, refused for good: the
+		 * message goes to the others, as Postfix would bounce that one
+		 * recipient alone. */
+		m->act.note = "backend refused a recipient a milter added";
+		return;
+	}
+	if (!m->replay_failed)
+		m->replay_failed = code;
+}
+
+/* PEND_REPLAY_END at the head: every replay reply is in. */
+static void replay_end(struct smtp_machine *m)
+{
+	if (m->replay_failed || !m->replay_ok) {
+		deliver_refused(m, R_REPLAY_FAILED,
+				"backend refused the milters' envelope changes");
 		return;
 	}
 	sm_forward_line(m, "DATA", 4);

@@ -13,6 +13,7 @@
 
 #include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -150,8 +151,25 @@ static bool fifo_full(const struct smtp_machine *m)
 	return m->fifo_len == SMTP_FIFO_MAX;
 }
 
+static void say_and_close(struct smtp_machine *m, const char *code_status, const char *text,
+			  enum smtp_close_reason reason);
+
 void sm_fifo_push(struct smtp_machine *m, struct smtp_pending p)
 {
+	if (m->fifo_len == SMTP_FIFO_MAX) {
+		/* Client lines wait for a free slot (process_client), and
+		 * tlsfront's own lines after milters are counted before they
+		 * go; were it ever full, every later reply would be out of
+		 * step: nothing more goes to the backend, and the session
+		 * ends. */
+		if (p.kind == PEND_MILTER_REPLY)
+			free((char *)p.reply);
+		buf_free(&m->act.to_backend);
+		m->act.note = "command queue full";
+		say_and_close(m, "421 4.3.0", "Error: internal error, try again later",
+			      CLOSE_ERROR);
+		return;
+	}
 	m->fifo[(m->fifo_head + m->fifo_len) % SMTP_FIFO_MAX] = p;
 	m->fifo_len++;
 }
@@ -260,7 +278,8 @@ void sm_release_local(struct smtp_machine *m)
 			 * after it was discarded. */
 			m->fifo_len = 0;
 			return;
-		} else if (p->kind == PEND_MILTER_REPLY || p->kind == PEND_MILTER_DATA) {
+		} else if (p->kind == PEND_MILTER_REPLY || p->kind == PEND_MILTER_DATA ||
+			   p->kind == PEND_REPLAY_END) {
 			if (!sm_milter_release(m, p))
 				return;
 		} else {
@@ -688,6 +707,9 @@ static void handle_reply(struct smtp_machine *m, int code, const char *text, siz
 		break; /* tlsfront's own RSET or "*": not the client's */
 	case PEND_HELD_DATA:
 		sm_milter_held_data_reply(m, code, text, len);
+		break;
+	case PEND_REPLAY:
+		sm_milter_replay_reply(m, &p, code);
 		break;
 	case PEND_DATA_END:
 		relay(m, code, text, len);

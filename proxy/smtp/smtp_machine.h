@@ -150,6 +150,9 @@ enum smtp_pending_kind {
 	PEND_MILTER_REPLY, /* a milter's refusal; reply is owned (malloc'd) */
 	PEND_MILTER_DATA,  /* the client's DATA, answered once the milters agree */
 	PEND_HELD_DATA,	   /* tlsfront's DATA for a held message */
+	PEND_REPLAY,	   /* tlsfront's MAIL/RCPT after the milters' changes;
+			    * verb says which, reply != NULL for an added RCPT */
+	PEND_REPLAY_END,   /* all replay replies are in: DATA, or refuse */
 };
 
 struct smtp_pending {
@@ -199,7 +202,10 @@ struct smtp_machine {
 	struct buf rcpt_pending;   /* forwarded RCPT lines awaiting their reply */
 	struct buf rcpt_ok;	   /* RCPT lines the backend accepted */
 	unsigned rcpts_ok;
-	char *session_refusal; /* a milter refused the connection: MAIL gets this */
+	char *session_refusal;	/* a milter refused the connection: MAIL gets this */
+	unsigned mails_pending; /* forwarded MAILs awaiting their reply */
+	unsigned replay_ok;	/* recipients the backend took in the replay */
+	int replay_failed;	/* the first failing reply code of the replay; 0 */
 };
 
 void smtp_machine_init(struct smtp_machine *m, const struct smtp_machine_config *cfg);

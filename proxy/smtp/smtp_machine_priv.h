@@ -28,6 +28,9 @@ bool sm_milter_command(struct smtp_machine *m, enum smtp_verb verb, const char *
 bool sm_milter_release(struct smtp_machine *m, struct smtp_pending *p);
 /* The backend's reply to a forwarded command (before it is relayed). */
 void sm_milter_reply(struct smtp_machine *m, enum smtp_verb verb, int code);
+/* The backend's reply to tlsfront's MAIL or RCPT after the milters'
+ * changes. */
+void sm_milter_replay_reply(struct smtp_machine *m, const struct smtp_pending *p, int code);
 /* The backend's reply to tlsfront's DATA for a held message. */
 void sm_milter_held_data_reply(struct smtp_machine *m, int code, const char *text, size_t len);
 /* The end of held content. */

@@ -848,6 +848,27 @@ def test_message_above_message_size_limit_gets_552(milter_factory, milter_front,
     assert [x["content"] for x in aiosmtpd_backend.messages] == [small]
 
 
+def test_pipelined_mail_after_a_refused_big_message(milter_factory, milter_front,
+                                                    aiosmtpd_backend):
+    """The 552 for a message above message_size_limit is decided without
+    the milters; a MAIL pipelined right behind the end of data is still
+    answered (it goes to the milters at once)."""
+    m = milter_factory()
+    tf = milter_front([m], message_size_limit=100000)
+    c, _ = starttls_client(tf.port)
+    with c:
+        assert c.cmd("MAIL FROM:<%s>" % SENDER).code == 250
+        assert c.cmd("RCPT TO:<%s>" % RCPT).code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(sized_message(200000) + b".\r\nMAIL FROM:<%s>\r\n" % SENDER.encode())
+        r = c.read_reply()
+        assert r.code == 552, r
+        r = c.read_reply()
+        assert r.code == 250, r
+        c.cmd("QUIT")
+    no_message(aiosmtpd_backend, tf, c.local)
+
+
 def test_declared_size_above_message_size_limit_gets_552(milter_factory, milter_front,
                                                          aiosmtpd_backend):
     m = milter_factory()

@@ -200,7 +200,7 @@ static void test_data_without_valid_recipient(void **state)
 	assert_int_equal(t.event, MEV_NONE); /* the milters never see this DATA */
 	expect(&t.client, "250 ok\r\n550 unknown\r\n554 5.5.1 Error: no valid recipients\r\n");
 	assert_true(t.aborted);
-	expect(&t.backend, "");
+	expect(&t.backend, "RSET\r\n"); /* the backend's envelope ends too */
 	teardown_t(&t);
 }
 
@@ -242,8 +242,12 @@ static void test_envelope_changes_replay_the_transaction(void **state)
 	smtp_machine_milter_deliver(&t.m, &c);
 	take(&t);
 	expect(&t.backend, "RSET\r\nMAIL FROM:<new@x.test>\r\nRCPT TO:<c@y.test> NOTIFY=NEVER\r\n"
-			   "RCPT TO:<d@z.test>\r\nDATA\r\n");
-	backend(&t, "250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+			   "RCPT TO:<d@z.test>\r\n");
+	backend(&t, "250 ok\r\n250 ok\r\n250 ok\r\n");
+	expect(&t.backend, ""); /* DATA only once every replayed reply is in */
+	backend(&t, "250 ok\r\n");
+	expect(&t.backend, "DATA\r\n");
+	backend(&t, "354 go\r\n");
 	expect(&t.client, ""); /* tlsfront's own commands: not the client's replies */
 	assert_true(t.send_held);
 	smtp_machine_held_sent(&t.m);
@@ -323,6 +327,135 @@ static void test_connect_refusal_answers_every_mail(void **state)
 	teardown_t(&t);
 }
 
+/* Up to the end of a held message, with the milters letting it through. */
+static void held_message(struct t *t)
+{
+	start(t);
+	envelope(t);
+	t->backend.len = 0;
+	client(t, "DATA\r\n");
+	verdict(t, SMV_CONTINUE, NULL);
+	t->client.len = 0;
+	client(t, "hello\r\n.\r\n");
+	assert_int_equal(t->event, MEV_EOM);
+}
+
+static void test_nested_mail_is_refused_locally(void **state)
+{
+	(void)state;
+	struct t t;
+	setup_t(&t);
+	start(&t);
+	envelope(&t);
+	t.backend.len = 0;
+	client(&t, "MAIL FROM:<other@x.test>\r\n");
+	assert_int_equal(t.event, MEV_NONE);
+	expect(&t.client, "503 5.5.1 Error: nested MAIL command\r\n");
+	expect(&t.backend, "");
+	teardown_t(&t);
+}
+
+static void test_backend_refusing_mail_ends_the_transaction(void **state)
+{
+	(void)state;
+	struct t t;
+	setup_t(&t);
+	start(&t);
+	client(&t, "MAIL FROM:<a@x.test>\r\n");
+	verdict(&t, SMV_CONTINUE, NULL);
+	backend(&t, "550 no\r\n");
+	assert_true(t.aborted);
+	t.client.len = t.backend.len = 0;
+	client(&t, "DATA\r\n"); /* never past the milters */
+	expect(&t.client, "503 5.5.1 Error: need MAIL command\r\n");
+	expect(&t.backend, "");
+	teardown_t(&t);
+}
+
+static void test_replay_refused_by_backend(void **state)
+{
+	(void)state;
+	struct t t;
+	setup_t(&t);
+	held_message(&t);
+	struct smtp_envelope_change c = {.sender = "<new@x.test>"};
+	smtp_machine_milter_deliver(&t.m, &c);
+	take(&t);
+	expect(&t.backend, "RSET\r\nMAIL FROM:<new@x.test>\r\nRCPT TO:<b@y.test>\r\n");
+	backend(&t, "250 ok\r\n250 ok\r\n450 4.2.0 greylisted\r\n");
+	expect(&t.client, "451 4.3.0 Error: the backend refused the milters' changes, try again "
+			  "later\r\n");
+	expect(&t.backend, "RSET\r\n"); /* never DATA */
+	assert_true(t.aborted);
+	assert_false(t.send_held);
+	teardown_t(&t);
+}
+
+static void test_added_recipient_refused_for_good(void **state)
+{
+	(void)state;
+	struct t t;
+	setup_t(&t);
+	held_message(&t);
+	const char *add[] = {"<nobody@z.test>"};
+	struct smtp_envelope_change c = {.add = add, .n_add = 1};
+	smtp_machine_milter_deliver(&t.m, &c);
+	take(&t);
+	expect(&t.backend, "RCPT TO:<nobody@z.test>\r\n");
+	backend(&t, "550 unknown\r\n");
+	expect(&t.backend, "DATA\r\n"); /* the original recipient still stands */
+	backend(&t, "354 go\r\n");
+	assert_true(t.send_held);
+	teardown_t(&t);
+}
+
+static void test_line_break_in_a_milter_address(void **state)
+{
+	(void)state;
+	struct t t;
+	setup_t(&t);
+	held_message(&t);
+	const char *add[] = {"<x@z.test>\r\nRCPT TO:<evil@z.test>"};
+	struct smtp_envelope_change c = {.add = add, .n_add = 1};
+	smtp_machine_milter_deliver(&t.m, &c);
+	take(&t);
+	assert_memory_equal(t.client.data, "451 4.3.0", 9);
+	expect(&t.backend, "RSET\r\n");
+	teardown_t(&t);
+}
+
+static void test_backend_refusing_held_data_forgets_the_message(void **state)
+{
+	(void)state;
+	struct t t;
+	setup_t(&t);
+	held_message(&t);
+	t.aborted = false;
+	smtp_machine_milter_deliver(&t.m, NULL);
+	take(&t);
+	expect(&t.backend, "DATA\r\n");
+	backend(&t, "451 4.3.0 queue file write error\r\n");
+	expect(&t.client, "451 4.3.0 queue file write error\r\n");
+	assert_true(t.aborted); /* the proxy drops the held message */
+	expect(&t.backend, "RSET\r\n");
+	teardown_t(&t);
+}
+
+static void test_connect_refusal_arriving_during_mail(void **state)
+{
+	(void)state;
+	struct t t;
+	setup_t(&t);
+	start(&t);
+	client(&t, "MAIL FROM:<a@x.test>\r\n");
+	assert_int_equal(t.event, MEV_MAIL);
+	smtp_machine_milter_refuse_session(&t.m, "554 5.7.1 Go away\r\n");
+	verdict(&t, SMV_CONTINUE, NULL);
+	expect(&t.client, "554 5.7.1 Go away\r\n");
+	expect(&t.backend, "");
+	teardown_t(&t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -335,6 +468,13 @@ int main(void)
 	    cmocka_unit_test(test_discard_looks_delivered),
 	    cmocka_unit_test(test_rset_aborts_the_milters_transaction),
 	    cmocka_unit_test(test_connect_refusal_answers_every_mail),
+	    cmocka_unit_test(test_nested_mail_is_refused_locally),
+	    cmocka_unit_test(test_backend_refusing_mail_ends_the_transaction),
+	    cmocka_unit_test(test_replay_refused_by_backend),
+	    cmocka_unit_test(test_added_recipient_refused_for_good),
+	    cmocka_unit_test(test_line_break_in_a_milter_address),
+	    cmocka_unit_test(test_backend_refusing_held_data_forgets_the_message),
+	    cmocka_unit_test(test_connect_refusal_arriving_during_mail),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
