@@ -328,6 +328,11 @@ void milter_session_pump(struct milter_session *ms)
 		size_t len;
 		char *data = buf_take(&b, &len);
 		ms->ops->send_backend(ms->owner, data, len);
+		if (ms->machine->act.close) {
+			/* The write failed at once: the machine closes. */
+			ms->ops->step(ms->owner);
+			return;
+		}
 		if (n == 0) {
 			forget_message(ms);
 			smtp_machine_held_sent(ms->machine);
