@@ -1,4 +1,7 @@
 /* session.c — an inbound session: two endpoints, one timer, one machine.
+ * This file reads, writes, runs TLS and takes the strategy step; how a
+ * session begins is session_start.c's, its milters' callbacks are
+ * session_milters.c's (session_priv.h is what the three share).
  *
  * Every event (a read, a write completion, a connect, the timer) feeds the
  * SMTP machine or the TLS glue and then calls session_step(), the one place
@@ -11,17 +14,14 @@
  * handles' lifecycle (the count, the linger on close) is conn_life.c's.
  */
 #include "proxy/session.h"
+#include "proxy/session_priv.h"
 
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -29,48 +29,29 @@
 #include "proxy/endpoint.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
-#include "proxy/proxy_protocol.h"
 
 #define SESSION_MAX_IN_FLIGHT (256 * 1024)
-#define PROXY_HEADER_TIMEOUT  10 /* seconds for a balancer's PROXY header */
 
 _Static_assert(offsetof(struct session, life) == 0, "conn_life.h: life comes first");
 
-static atomic_ulong session_counter;
-
-static void session_step(struct session *s);
 static void pump_tls(struct session *s);
-static void start_backend(struct session *s);
-static void after_greeting_ready(struct session *s);
-static void read_proxy_header(struct session *s, const char *p, size_t n);
-static bool send_proxy_header(struct session *s);
-
-static uv_stream_t *client_stream(struct session *s)
-{
-	return (uv_stream_t *)&s->life.accepted;
-}
-
-static uv_stream_t *backend_stream(struct session *s)
-{
-	return (uv_stream_t *)&s->backend;
-}
 
 /* ---- metrics ----------------------------------------------------------- */
 
 /* The worker's own counter block (metrics.h): no lock, no sharing. */
-static struct metrics_block *mblock(const struct session *s)
+struct metrics_block *session_mblock(const struct session *s)
 {
 	return metrics_block(s->life.worker->index);
 }
 
-static enum metrics_listener mlistener(const struct session *s)
+enum metrics_listener session_mlistener(const struct session *s)
 {
 	return s->kind == LISTENER_TLS ? ML_TLS : ML_TCP;
 }
 
 static void count_handshake_failure(struct session *s, enum metrics_hs_failure why)
 {
-	metrics_inc(&mblock(s)->hs_failed[mlistener(s)][why]);
+	metrics_inc(&session_mblock(s)->hs_failed[session_mlistener(s)][why]);
 }
 
 static enum metrics_hs_failure failure_of(const struct tls_io *t)
@@ -90,7 +71,7 @@ static enum metrics_hs_failure failure_of(const struct tls_io *t)
 /* ---- closing ----------------------------------------------------------- */
 
 /* The release of conn_life.h: the last close callback. */
-static void free_session(struct conn_life *l)
+void session_free(struct conn_life *l)
 {
 	struct session *s = (struct session *)l;
 	struct worker *w = s->life.worker;
@@ -112,7 +93,7 @@ static void free_session(struct conn_life *l)
 	free(s);
 }
 
-static void close_backend(struct session *s)
+void session_close_backend(struct session *s)
 {
 	if (s->backend_open)
 		conn_life_close_handle((uv_handle_t *)&s->backend);
@@ -127,7 +108,7 @@ static void close_backend(struct session *s)
 static void backend_lost(struct session *s)
 {
 	s->backend_gone = true;
-	close_backend(s);
+	session_close_backend(s);
 	if (s->handshaking) {
 		s->backend_lost_in_handshake = true;
 		return;
@@ -167,13 +148,13 @@ void session_close(struct session *s, enum smtp_close_reason reason)
 	s->closing = true;
 	s->reason = reason;
 	log_summary(s);
-	struct metrics_block *b = mblock(s);
-	enum metrics_listener l = mlistener(s);
+	struct metrics_block *b = session_mblock(s);
+	enum metrics_listener l = session_mlistener(s);
 	metrics_inc(&b->ended[l][reason > CLOSE_NONE && reason < MR_COUNT ? reason : CLOSE_ERROR]);
 	metrics_add(&b->bytes_in[l], s->bytes_in);
 	metrics_add(&b->bytes_out[l], s->bytes_out);
 
-	close_backend(s);
+	session_close_backend(s);
 	if (!conn_life_begin_close(&s->life))
 		return;
 	if (s->client_ep.tls && s->client_ep.tls->established) {
@@ -222,7 +203,7 @@ static void write_failed(struct session *s, uv_stream_t *st, int rc)
 }
 
 /* Takes ownership of data (malloc'd). */
-static void write_to(struct session *s, struct endpoint *e, char *data, size_t len)
+void session_write_to(struct session *s, struct endpoint *e, char *data, size_t len)
 {
 	write_failed(s, e->stream, endpoint_write(e, data, len, s, write_done));
 }
@@ -245,7 +226,7 @@ static void send_client(struct session *s, char *data, size_t len)
 
 /* ---- timer ------------------------------------------------------------- */
 
-static void timer_cb(uv_timer_t *t)
+void session_timer_cb(uv_timer_t *t)
 {
 	struct session *s = t->data;
 	if (s->closing)
@@ -265,7 +246,7 @@ static void timer_cb(uv_timer_t *t)
 	if (!s->backend_connected) {
 		log_msg(TF_LOG_WARN, "event=backend_timeout id=%s backend=%s", s->id,
 			s->app->backend.text);
-		metrics_inc(&mblock(s)->backend_failed[mlistener(s)]);
+		metrics_inc(&session_mblock(s)->backend_failed[session_mlistener(s)]);
 		smtp_machine_backend_unavailable(&s->machine);
 	} else {
 		smtp_machine_timeout(&s->machine);
@@ -280,7 +261,7 @@ static void flush_tls(struct session *s)
 	write_failed(s, client_stream(s), endpoint_flush_tls(&s->client_ep, s, write_done));
 }
 
-static void begin_tls(struct session *s)
+void session_begin_tls(struct session *s)
 {
 	s->client_ep.tls = calloc(1, sizeof(*s->client_ep.tls));
 	if (!s->client_ep.tls || tls_io_init(s->client_ep.tls, s->app->creds) != TLSIO_OK) {
@@ -324,11 +305,11 @@ static void do_handshake(struct session *s)
 		return;
 	}
 	s->handshaking = false;
-	struct metrics_block *b = mblock(s);
-	metrics_inc(&b->tls[mlistener(s)][metrics_tls_version_of(tls_io_version(s->client_ep.tls))]
-			   [metrics_cipher_of(tls_io_cipher(s->client_ep.tls))]);
+	struct metrics_block *b = session_mblock(s);
+	metrics_inc(&b->tls[session_mlistener(s)][metrics_tls_version_of(
+	    tls_io_version(s->client_ep.tls))][metrics_cipher_of(tls_io_cipher(s->client_ep.tls))]);
 	if (tls_io_resumed(s->client_ep.tls))
-		metrics_inc(&b->resumed[mlistener(s)]);
+		metrics_inc(&b->resumed[session_mlistener(s)]);
 	char sni[300] = "none", sni_value[310];
 	tls_io_sni(s->client_ep.tls, sni, sizeof(sni));
 	log_msg(TF_LOG_INFO, "event=tls id=%s tls=%s cipher=%s sni=%s resumed=%s", s->id,
@@ -338,7 +319,7 @@ static void do_handshake(struct session *s)
 	if (s->kind == LISTENER_TLS) {
 		/* §3.1: on the TLS port the handshake comes first, then the
 		 * backend. */
-		after_greeting_ready(s);
+		session_after_greeting_ready(s);
 		return;
 	}
 	conn_life_arm(&s->life, s->app->cfg.limits.idle_timeout);
@@ -349,7 +330,7 @@ static void do_handshake(struct session *s)
 	pump_tls(s);
 }
 
-static bool backend_backlogged(struct session *s)
+bool session_backend_backlogged(struct session *s)
 {
 	return s->backend_connected && !s->backend_gone &&
 	       s->backend_ep.inflight > SESSION_MAX_IN_FLIGHT;
@@ -361,7 +342,7 @@ static bool client_wanted(struct session *s)
 		return false;
 	if (s->handshaking || s->awaiting_proxy)
 		return true;
-	return smtp_machine_wants_client_input(&s->machine) && !backend_backlogged(s);
+	return smtp_machine_wants_client_input(&s->machine) && !session_backend_backlogged(s);
 }
 
 static bool pump_wanted(void *owner)
@@ -465,7 +446,7 @@ static void pump_tls(struct session *s)
 /* ---- reading ----------------------------------------------------------- */
 
 /* Bytes from the client's socket: to TLS or, in plaintext, to the machine. */
-static void client_bytes(struct session *s, const char *p, size_t n)
+void session_client_bytes(struct session *s, const char *p, size_t n)
 {
 	if (!s->client_ep.tls) {
 		pump_records(s, p, n);
@@ -505,9 +486,9 @@ static void client_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 		return;
 	}
 	if (s->awaiting_proxy)
-		read_proxy_header(s, b->base, (size_t)nread);
+		session_read_proxy_header(s, b->base, (size_t)nread);
 	else
-		client_bytes(s, b->base, (size_t)nread);
+		session_client_bytes(s, b->base, (size_t)nread);
 }
 
 static void backend_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
@@ -523,7 +504,7 @@ static void backend_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	session_step(s);
 }
 
-static void update_reads(struct session *s)
+void session_update_reads(struct session *s)
 {
 	bool want_client = client_wanted(s);
 	bool want_backend = !s->closing && s->backend_connected && !s->backend_gone &&
@@ -534,7 +515,7 @@ static void update_reads(struct session *s)
 
 /* ---- the strategy step ------------------------------------------------- */
 
-static void session_step(struct session *s)
+void session_step(struct session *s)
 {
 	if (s->closing)
 		return;
@@ -542,9 +523,9 @@ static void session_step(struct session *s)
 	size_t len;
 	char *data;
 
-	struct metrics_block *b = mblock(s);
+	struct metrics_block *b = session_mblock(s);
 	for (unsigned r = 0; r < REFUSAL_COUNT; r++) {
-		metrics_add(&b->refused[mlistener(s)][r], a->refused[r]);
+		metrics_add(&b->refused[session_mlistener(s)][r], a->refused[r]);
 		a->refused[r] = 0; /* counted once, whatever happens next */
 	}
 
@@ -552,7 +533,7 @@ static void session_step(struct session *s)
 		milter_session_actions(s->milt);
 	if (a->drop_backend && !s->backend_gone) {
 		s->backend_gone = true;
-		close_backend(s);
+		session_close_backend(s);
 		log_msg(TF_LOG_INFO, "event=backend_dropped id=%s", s->id);
 	}
 	size_t cap = a->to_backend.cap;
@@ -588,7 +569,8 @@ static void session_step(struct session *s)
 		log_msg(TF_LOG_INFO, "event=note id=%s note=\"%s\"", s->id, a->note);
 	}
 	if (s->machine.messages != s->logged_messages) {
-		metrics_add(&b->messages[mlistener(s)], s->machine.messages - s->logged_messages);
+		metrics_add(&b->messages[session_mlistener(s)],
+			    s->machine.messages - s->logged_messages);
 		s->logged_messages = s->machine.messages;
 		log_msg(TF_LOG_INFO, "event=delivered id=%s client=%s tls=%s message=%u", s->id,
 			s->client_addr, tls_io_version(s->client_ep.tls), s->machine.messages);
@@ -605,396 +587,14 @@ static void session_step(struct session *s)
 		return;
 	}
 	if (start_tls) {
-		metrics_inc(&b->starttls[mlistener(s)]);
-		begin_tls(s);
+		metrics_inc(&b->starttls[session_mlistener(s)]);
+		session_begin_tls(s);
 	}
-	update_reads(s);
+	session_update_reads(s);
 	/* Records GnuTLS already holds get no socket event: drain them. */
 	if (s->client_ep.tls && s->client_ep.tls->established && client_wanted(s) &&
 	    tls_io_pending(s->client_ep.tls))
 		pump_tls(s);
 	if (s->milt && !s->closing)
 		milter_session_pump(s->milt);
-}
-
-/* ---- milters (issue 14) ------------------------------------------------ */
-
-static void milt_send_backend(void *owner, char *data, size_t len)
-{
-	struct session *s = owner;
-	if (s->closing || !s->backend_connected || s->backend_gone) {
-		free(data);
-		return;
-	}
-	write_to(s, &s->backend_ep, data, len);
-}
-
-static bool milt_backlogged(void *owner)
-{
-	struct session *s = owner;
-	return s->closing || !s->backend_connected || s->backend_gone || backend_backlogged(s);
-}
-
-static void milt_refresh(void *owner, struct milter_session_info *info)
-{
-	struct session *s = owner;
-	const struct tls_io *t = s->client_ep.tls;
-	bool tls = t && t->established;
-	/* {tls_version} as Postfix writes it ("TLSv1.3"): GnuTLS says "TLS1.3". */
-	const char *v = tls ? tls_io_version(t) : NULL;
-	if (v && strncmp(v, "TLS", 3) == 0 && v[3] != 'v') {
-		snprintf(s->milt->tls_version, sizeof(s->milt->tls_version), "TLSv%s", v + 3);
-		v = s->milt->tls_version;
-	}
-	info->tls_version = v;
-	info->cipher = tls ? tls_io_cipher(t) : NULL;
-	info->cipher_bits = tls ? tls_io_cipher_bits(t) : 0;
-	info->auth_authen = smtp_machine_user(&s->machine);
-	info->auth_type = smtp_machine_auth_type(&s->machine);
-}
-
-static void milt_failed(void *owner, const char *why)
-{
-	struct session *s = owner;
-	log_msg(TF_LOG_ERROR, "event=milter_error id=%s error=\"%s\"", s->id, why);
-	if (!s->backend_gone) {
-		s->backend_gone = true;
-		close_backend(s);
-	}
-	smtp_machine_backend_closed(&s->machine);
-	session_step(s);
-}
-
-static void milt_step(void *owner)
-{
-	session_step(owner);
-}
-
-static const struct milter_session_ops milt_ops = {
-    .send_backend = milt_send_backend,
-    .backend_backlogged = milt_backlogged,
-    .refresh = milt_refresh,
-    .failed = milt_failed,
-    .step = milt_step,
-};
-
-/* The milters' view of the client (milter_session.h), then connect. */
-static void start_milters(struct session *s)
-{
-	const struct tf_config *cfg = &s->app->cfg;
-	s->milt =
-	    milter_session_new(s->life.accepted.loop, cfg->inbound.milters, cfg->inbound.n_milters,
-			       cfg->limits.message_size_limit, &s->machine, s, &milt_ops, s->id);
-	if (!s->milt) {
-		smtp_machine_backend_unavailable(&s->machine);
-		return;
-	}
-	milter_session_start(s->milt, cfg->server_name, (struct sockaddr *)&s->peer,
-			     (struct sockaddr *)&s->local, NULL);
-}
-
-/* ---- start ------------------------------------------------------------- */
-
-static void connect_cb(uv_connect_t *req, int status)
-{
-	struct session *s = req->data;
-	if (status == UV_ECANCELED || s->closing)
-		return;
-	if (status < 0) {
-		log_msg(TF_LOG_WARN, "event=backend_unavailable id=%s backend=%s error=\"%s\"",
-			s->id, s->app->backend.text, uv_strerror(status));
-		metrics_inc(&mblock(s)->backend_failed[mlistener(s)]);
-		s->backend_gone = true;
-		smtp_machine_backend_unavailable(&s->machine);
-		session_step(s);
-		return;
-	}
-	s->backend_connected = true;
-	uint64_t now = uv_hrtime();
-	metrics_backend_connected(mblock(s), now - s->connect_started, now);
-	if (!s->app->backend.is_unix)
-		uv_tcp_nodelay(&s->backend.tcp, 1);
-	if (!send_proxy_header(s))
-		return;
-	conn_life_arm(&s->life, s->app->cfg.limits.idle_timeout);
-	session_step(s);
-}
-
-static int backend_connect(struct session *s)
-{
-	const struct tf_addr *a = &s->app->backend;
-	s->connect_started = uv_hrtime();
-	uv_loop_t *loop = &s->life.worker->loop;
-	s->connect_req.data = s;
-	if (a->is_unix) {
-		uv_pipe_init(loop, &s->backend.pipe, 0);
-		s->backend.pipe.data = s;
-		conn_life_ref(&s->life);
-		s->backend_open = true;
-		uv_pipe_connect(&s->connect_req, &s->backend.pipe,
-				((const struct sockaddr_un *)&a->ss)->sun_path, connect_cb);
-		return 0;
-	}
-	uv_tcp_init(loop, &s->backend.tcp);
-	s->backend.tcp.data = s;
-	conn_life_ref(&s->life);
-	s->backend_open = true;
-	return uv_tcp_connect(&s->connect_req, &s->backend.tcp, (const struct sockaddr *)&a->ss,
-			      connect_cb);
-}
-
-/* backend.client_info = "proxy-v1"/"proxy-v2" (§3.3): the header is the
- * first thing the backend receives; its destination is the address the
- * client connected to. Returns false when the session was closed. */
-static bool send_proxy_header(struct session *s)
-{
-	enum tf_client_info ci = s->app->cfg.backend.client_info;
-	if (ci != TF_CLIENT_INFO_PROXY_V1 && ci != TF_CLIENT_INFO_PROXY_V2)
-		return true;
-	char *hdr = malloc(PP_HEADER_MAX);
-	int n = -1;
-	if (hdr && ci == TF_CLIENT_INFO_PROXY_V1)
-		n = pp_build_v1((struct sockaddr *)&s->peer, (struct sockaddr *)&s->local, hdr,
-				PP_HEADER_MAX);
-	else if (hdr)
-		n = pp_build_v2((struct sockaddr *)&s->peer, (struct sockaddr *)&s->local,
-				(unsigned char *)hdr, PP_HEADER_MAX);
-	if (n < 0) {
-		free(hdr);
-		log_msg(TF_LOG_ERROR,
-			"event=proxy_header_error id=%s note=\"cannot describe "
-			"client %s in a PROXY header\"",
-			s->id, s->client_addr);
-		smtp_machine_backend_unavailable(&s->machine);
-		session_step(s);
-		return false;
-	}
-	write_to(s, &s->backend_ep, hdr, (size_t)n);
-	return !s->closing;
-}
-
-/* The client may now be greeted: over a limit it gets 421 4.7.0, else the
- * backend is connected and its greeting relayed. */
-static void after_greeting_ready(struct session *s)
-{
-	if (!s->admitted) {
-		smtp_machine_limit(&s->machine);
-		session_step(s);
-		return;
-	}
-	start_backend(s);
-}
-
-/* Connects to the backend; the greeting is relayed when it comes. */
-static void start_backend(struct session *s)
-{
-	int rc = backend_connect(s);
-	if (rc != 0) {
-		log_msg(TF_LOG_WARN, "event=backend_unavailable id=%s backend=%s error=\"%s\"",
-			s->id, s->app->backend.text, uv_strerror(rc));
-		metrics_inc(&mblock(s)->backend_failed[mlistener(s)]);
-		s->backend_gone = true;
-		smtp_machine_backend_unavailable(&s->machine);
-		session_step(s);
-		return;
-	}
-	conn_life_arm(&s->life, s->app->cfg.backend.connect_timeout);
-	update_reads(s);
-}
-
-static void machine_config(const struct app *app, enum listener_kind kind,
-			   struct smtp_machine_config *mc)
-{
-	const struct tf_config *cfg = &app->cfg;
-	memset(mc, 0, sizeof(*mc));
-	mc->tls_port = kind == LISTENER_TLS;
-	mc->starttls = cfg->inbound.tcp.starttls;
-	mc->require_tls = cfg->inbound.tcp.require_tls;
-	mc->tcp_auth = cfg->inbound.tcp.name_and_password;
-	mc->tls_auth = cfg->inbound.tls.name_and_password;
-	mc->line_length = cfg->limits.line_length;
-	mc->max_errors = cfg->limits.max_errors;
-	mc->reject_bare = cfg->bare_newlines == TF_BARE_REJECT;
-	mc->server_name = cfg->server_name;
-	mc->xclient = cfg->backend.client_info == TF_CLIENT_INFO_XCLIENT;
-	mc->milters = cfg->inbound.n_milters > 0;
-}
-
-/* The client's address as XCLIENT writes it: "192.0.2.7", "IPV6:2001:db8::7". */
-static void xclient_address(const struct sockaddr_storage *ss, char *out, size_t outlen,
-			    unsigned *port)
-{
-	char ip[INET6_ADDRSTRLEN] = "";
-	if (ss->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-		inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
-		snprintf(out, outlen, "IPV6:%s", ip);
-	} else {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
-		inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
-		snprintf(out, outlen, "%s", ip);
-	}
-	*port = address_port((const struct sockaddr *)ss);
-}
-
-/* The client's address is final (from the socket, or from the PROXY header):
- * count it against the limits, start the machine, then TLS or the backend. */
-static void session_begin(struct session *s)
-{
-	const struct app *app = s->app;
-	address_format((struct sockaddr *)&s->peer, s->client_addr, sizeof(s->client_addr));
-	log_msg(TF_LOG_DEBUG, "event=connect id=%s listener=%s client=%s", s->id,
-		s->kind == LISTENER_TLS ? "tls" : "tcp", s->client_addr);
-	struct smtp_machine_config mc;
-	machine_config(app, s->kind, &mc);
-	if (mc.xclient)
-		xclient_address(&s->peer, mc.xclient_addr, sizeof(mc.xclient_addr),
-				&mc.xclient_port);
-	smtp_machine_init(&s->machine, &mc);
-	if (mc.milters)
-		start_milters(s);
-	/* A connection that held a place while its PROXY header was awaited
-	 * hands that place to the address the header named. */
-	s->admitted = s->held ? conn_limits_admit_held((struct sockaddr *)&s->peer)
-			      : conn_limits_admit((struct sockaddr *)&s->peer);
-	s->held = false;
-	if (!s->admitted)
-		log_msg(TF_LOG_INFO, "event=limit id=%s client=%s", s->id, s->client_addr);
-
-	if (s->kind == LISTENER_TLS) {
-		/* §3.1: on the TLS port the handshake comes first (a 421 for
-		 * a limit too is sent over TLS, where the client can read it). */
-		begin_tls(s);
-		if (!s->closing)
-			update_reads(s);
-		return;
-	}
-	after_greeting_ready(s);
-}
-
-/* Reads the PROXY header a load balancer sends first (§3.3, §7.10): strict,
- * short timeout, and no reply at all when it is missing or malformed. */
-static void read_proxy_header(struct session *s, const char *p, size_t n)
-{
-	size_t room = PP_HEADER_MAX - s->pp_len;
-	size_t take = n < room ? n : room;
-	memcpy(s->pp_buf + s->pp_len, p, take);
-	s->pp_len += take;
-	struct pp_header h;
-	size_t used = 0;
-	enum pp_result r = pp_parse(s->pp_buf, s->pp_len, &h, &used);
-	if (r == PP_MORE && take == n)
-		return;
-	if (r != PP_DONE) {
-		log_msg(TF_LOG_INFO, "event=proxy_header_error id=%s balancer=%s", s->id,
-			s->client_addr);
-		session_close(s, CLOSE_ERROR);
-		return;
-	}
-	s->awaiting_proxy = false;
-	if (!h.local) {
-		s->peer = h.src;
-		s->local = h.dst;
-	}
-	/* What followed the header in this read belongs to the session. */
-	size_t rest_in_buf = s->pp_len - used;
-	char rest[PP_HEADER_MAX];
-	memcpy(rest, s->pp_buf + used, rest_in_buf);
-	free(s->pp_buf);
-	s->pp_buf = NULL;
-	session_begin(s);
-	if (s->closing)
-		return;
-	if (rest_in_buf)
-		client_bytes(s, rest, rest_in_buf);
-	if (!s->closing && take < n)
-		client_bytes(s, p + take, n - take);
-}
-
-void session_refuse_fd(struct listener *l, int fd)
-{
-	const struct app *app = l->worker->app;
-	/* On the TLS port the client could not read a plaintext reply; a
-	 * balancer (PROXY protocol) gets none either (as for max_connections). */
-	if (l->kind == LISTENER_TLS ||
-	    (l->kind == LISTENER_TCP && app->cfg.inbound.tcp.proxy_protocol))
-		return;
-	struct smtp_machine_config mc;
-	machine_config(app, l->kind, &mc);
-	struct smtp_machine m;
-	smtp_machine_init(&m, &mc);
-	smtp_machine_limit(&m); /* the reply of max_connections: 421 4.7.0 */
-	size_t len;
-	char *reply = buf_take(&m.act.to_client, &len);
-	/* A fresh socket takes a short reply at once; one that would not is
-	 * closed without it. */
-	if (reply && len)
-		(void)!send(fd, reply, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-	free(reply);
-	smtp_machine_free(&m);
-}
-
-void session_accept(struct listener *l, int fd)
-{
-	struct worker *w = l->worker;
-	struct session *s = calloc(1, sizeof(*s));
-	if (!s) {
-		/* Accept and drop: the client retries. */
-		worker_drop_connection(l, fd);
-		return;
-	}
-	conn_life_init(&s->life, w, timer_cb, free_session);
-	s->kind = l->kind;
-	snprintf(s->id, sizeof(s->id), "%lx", atomic_fetch_add(&session_counter, 1) + 1);
-	s->client_ep.stream = client_stream(s);
-	s->backend_ep.stream = backend_stream(s);
-	s->app = w->app; /* this session keeps this generation to its end */
-	app_ref(s->app);
-	s->next = w->sessions;
-	if (w->sessions)
-		w->sessions->prev = s;
-	w->sessions = s;
-	snprintf(s->client_addr, sizeof(s->client_addr), "unknown");
-
-	if (uv_tcp_open(&s->life.accepted, fd) != 0) {
-		close(fd);
-		s->closing = true; /* nothing to log: no connection came */
-		conn_life_close_now(&s->life);
-		return;
-	}
-	uv_tcp_nodelay(&s->life.accepted, 1);
-	if (conn_life_addresses(&s->life, s->id, &s->peer, &s->local) != 0) {
-		s->closing = true;
-		conn_life_close_now(&s->life);
-		return;
-	}
-	/* A session from here on: it will end in session_close(). */
-	metrics_inc(&mblock(s)->started[mlistener(s)]);
-
-	const struct tf_listener_config *lc =
-	    l->kind == LISTENER_TLS ? &s->app->cfg.inbound.tls : &s->app->cfg.inbound.tcp;
-	if (lc->proxy_protocol) {
-		address_format((struct sockaddr *)&s->peer, s->client_addr, sizeof(s->client_addr));
-		/* It counts toward max_connections from now on. Over it,
-		 * close without a word: the balancer has not even sent the
-		 * header, and it can try another instance. */
-		s->held = conn_limits_hold();
-		if (!s->held) {
-			metrics_inc(&mblock(s)->refused[mlistener(s)][REFUSAL_LIMIT]);
-			log_msg(TF_LOG_INFO, "event=limit id=%s balancer=%s", s->id,
-				s->client_addr);
-			session_close(s, CLOSE_LIMIT);
-			return;
-		}
-		s->pp_buf = malloc(PP_HEADER_MAX);
-		if (!s->pp_buf) {
-			session_close(s, CLOSE_ERROR);
-			return;
-		}
-		s->awaiting_proxy = true;
-		conn_life_arm(&s->life, PROXY_HEADER_TIMEOUT);
-		update_reads(s);
-		return;
-	}
-	session_begin(s);
 }
