@@ -5,7 +5,9 @@
  * outbound_nego (until it is done) or the smtp_machine, or the client-mode
  * TLS glue on the peer leg, and then calls outbound_step(), the one place
  * that carries out their actions and decides which side to read.
- * Backpressure as in session.c.
+ * Backpressure as in session.c. How a session begins is outbound_start.c's,
+ * its milters' callbacks are outbound_milters.c's (outbound_priv.h is what
+ * the three share).
  *
  * Never makes an SMTP or TLS policy decision: replies, the retry and the
  * refusals come from outbound_nego and the machine. Never hands the peer's
@@ -14,9 +16,8 @@
  * linger on close) is conn_life.c's.
  */
 #include "proxy/outbound.h"
+#include "proxy/outbound_priv.h"
 
-#include <errno.h>
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,44 +26,22 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
-#include "proxy/address.h"
 #include "proxy/conn_limits.h"
 #include "proxy/endpoint.h"
 #include "policy/outbound_policy.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
 
-#ifndef SO_ORIGINAL_DST
-#define SO_ORIGINAL_DST 80 /* linux/netfilter_ipv4.h */
-#endif
-#ifndef IP6T_SO_ORIGINAL_DST
-#define IP6T_SO_ORIGINAL_DST 80 /* linux/netfilter_ipv6/ip6_tables.h */
-#endif
-
 #define OUTBOUND_MAX_IN_FLIGHT (256 * 1024)
 
 _Static_assert(offsetof(struct outbound, life) == 0, "conn_life.h: life comes first");
 
-static atomic_ulong outbound_counter;
-
-static void outbound_step(struct outbound *s);
 static void pump_tls(struct outbound *s);
-static void connect_peer(struct outbound *s);
-
-static uv_stream_t *legacy_stream(struct outbound *s)
-{
-	return (uv_stream_t *)&s->life.accepted;
-}
-
-static uv_stream_t *peer_stream(struct outbound *s)
-{
-	return (uv_stream_t *)&s->peer[s->cur];
-}
 
 /* ---- closing ----------------------------------------------------------- */
 
 /* The release of conn_life.h: the last close callback. */
-static void free_outbound(struct conn_life *l)
+void outbound_free(struct conn_life *l)
 {
 	struct outbound *s = (struct outbound *)l;
 	struct worker *w = s->life.worker;
@@ -110,14 +89,14 @@ static void log_summary(struct outbound *s)
 }
 
 /* The worker's own counter block (metrics.h): no lock, no sharing. */
-static struct metrics_block *mblock(const struct outbound *s)
+struct metrics_block *outbound_mblock(const struct outbound *s)
 {
 	return metrics_block(s->life.worker->index);
 }
 
 static void count_handshake_failure(struct outbound *s, enum metrics_hs_failure why)
 {
-	metrics_inc(&mblock(s)->hs_failed[ML_OUTBOUND][why]);
+	metrics_inc(&outbound_mblock(s)->hs_failed[ML_OUTBOUND][why]);
 }
 
 /* The session's outbound TLS outcome, or MO_COUNT when it ended before
@@ -135,7 +114,7 @@ static enum metrics_out_tls outcome(const struct outbound *s)
 
 static void count_close(struct outbound *s, enum smtp_close_reason reason)
 {
-	struct metrics_block *b = mblock(s);
+	struct metrics_block *b = outbound_mblock(s);
 	metrics_inc(&b->ended[ML_OUTBOUND]
 			     [reason > CLOSE_NONE && reason < MR_COUNT ? reason : CLOSE_ERROR]);
 	metrics_add(&b->bytes_in[ML_OUTBOUND], s->bytes_in);
@@ -150,7 +129,7 @@ static void count_close(struct outbound *s, enum smtp_close_reason reason)
 		metrics_inc(&b->out_fallbacks);
 }
 
-static void outbound_close(struct outbound *s, enum smtp_close_reason reason)
+void outbound_close(struct outbound *s, enum smtp_close_reason reason)
 {
 	if (s->closing)
 		return;
@@ -177,7 +156,7 @@ void outbound_shutdown(struct outbound *s)
 }
 
 /* The peer leg is gone (closed, failed, a TLS error). */
-static void peer_lost(struct outbound *s)
+void outbound_peer_lost(struct outbound *s)
 {
 	s->peer_gone = true;
 	close_peers(s);
@@ -201,7 +180,7 @@ static void write_done(void *owner, uv_stream_t *st, int status)
 		return;
 	}
 	if (status < 0 && !stale && !s->peer_gone && !s->handshaking)
-		peer_lost(s);
+		outbound_peer_lost(s);
 	outbound_step(s);
 }
 
@@ -214,7 +193,7 @@ static void write_failed(struct outbound *s, uv_stream_t *st, int rc)
 	else if (rc != 0 && to_legacy)
 		outbound_close(s, CLOSE_CLIENT_CLOSED);
 	else if (rc != 0 && !s->peer_gone)
-		peer_lost(s);
+		outbound_peer_lost(s);
 }
 
 /* Takes ownership of data (malloc'd). */
@@ -240,7 +219,7 @@ static void flush_tls(struct outbound *s)
 }
 
 /* Plaintext for the peer: through TLS once it runs. */
-static void send_peer(struct outbound *s, char *data, size_t len)
+void outbound_send_peer(struct outbound *s, char *data, size_t len)
 {
 	if (!len || !s->peer_connected || s->peer_gone) {
 		free(data);
@@ -250,7 +229,7 @@ static void send_peer(struct outbound *s, char *data, size_t len)
 	if (rc == ENDPOINT_TLS_FAILED) {
 		log_msg(TF_LOG_WARN, "event=tls_error id=%s peer=%s error=\"%s\"", s->id,
 			s->peer_addr, s->peer_ep.tls->error);
-		peer_lost(s);
+		outbound_peer_lost(s);
 		return;
 	}
 	write_failed(s, peer_stream(s), rc);
@@ -259,15 +238,14 @@ static void send_peer(struct outbound *s, char *data, size_t len)
 /* ---- timer ------------------------------------------------------------- */
 
 static void tls_failed(struct outbound *s, bool timed_out);
-static void peer_connect_failed(struct outbound *s, const char *error);
 
-static void timer_cb(uv_timer_t *t)
+void outbound_timer_cb(uv_timer_t *t)
 {
 	struct outbound *s = t->data;
 	if (s->closing)
 		return;
 	if (!s->peer_connected) {
-		peer_connect_failed(s, "connection timed out");
+		outbound_peer_connect_failed(s, "connection timed out");
 		return;
 	} else if (s->handshaking) {
 		log_msg(TF_LOG_INFO, "event=tls_timeout id=%s peer=%s", s->id, s->peer_addr);
@@ -288,7 +266,7 @@ static void tls_failed(struct outbound *s, bool timed_out)
 {
 	s->handshaking = false;
 	if (s->spliced)
-		peer_lost(s);
+		outbound_peer_lost(s);
 	else if (timed_out)
 		outbound_nego_tls_timeout(&s->nego);
 	else
@@ -311,13 +289,13 @@ static void do_handshake(struct outbound *s)
 					   : f == TLSIO_FAIL_ALPN	 ? MH_ALPN
 									 : MH_PROTOCOL);
 		if (f == TLSIO_FAIL_CERTIFICATE)
-			metrics_inc(&mblock(s)->out_verify[MVR_FAILED]);
+			metrics_inc(&outbound_mblock(s)->out_verify[MVR_FAILED]);
 		tls_failed(s, false);
 		return;
 	}
 	s->handshaking = false;
 	s->verified = outbound_policy_verifies(s->app->cfg.outbound.tls);
-	struct metrics_block *b = mblock(s);
+	struct metrics_block *b = outbound_mblock(s);
 	metrics_inc(&b->out_verify[s->verified ? MVR_OK : MVR_NOT_CHECKED]);
 	metrics_inc(&b->tls[ML_OUTBOUND][metrics_tls_version_of(tls_io_version(s->peer_ep.tls))]
 			   [metrics_cipher_of(tls_io_cipher(s->peer_ep.tls))]);
@@ -355,7 +333,7 @@ static void begin_tls(struct outbound *s)
 
 /* ---- reading ----------------------------------------------------------- */
 
-static bool peer_backlogged(struct outbound *s)
+bool outbound_peer_backlogged(struct outbound *s)
 {
 	return s->peer_connected && !s->peer_gone && s->peer_ep.inflight > OUTBOUND_MAX_IN_FLIGHT;
 }
@@ -366,7 +344,7 @@ static bool legacy_wanted(struct outbound *s)
 		return false;
 	if (!s->spliced)
 		return outbound_nego_wants_legacy_input(&s->nego);
-	return smtp_machine_wants_client_input(&s->machine) && !peer_backlogged(s);
+	return smtp_machine_wants_client_input(&s->machine) && !outbound_peer_backlogged(s);
 }
 
 static bool peer_wanted(struct outbound *s)
@@ -412,7 +390,7 @@ static void pump_ended(void *owner, int why)
 	if (why == TLSIO_ERROR)
 		log_msg(TF_LOG_INFO, "event=tls_error id=%s peer=%s error=\"%s\"", s->id,
 			s->peer_addr, s->peer_ep.tls->error);
-	peer_lost(s);
+	outbound_peer_lost(s);
 	outbound_step(s);
 }
 
@@ -471,7 +449,7 @@ static void peer_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 			tls_failed(s, false);
 			return;
 		}
-		peer_lost(s);
+		outbound_peer_lost(s);
 		outbound_step(s);
 		return;
 	}
@@ -490,7 +468,7 @@ static void peer_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 	outbound_step(s);
 }
 
-static void update_reads(struct outbound *s)
+void outbound_update_reads(struct outbound *s)
 {
 	endpoint_set_reading(&s->legacy_ep, legacy_wanted(s), conn_life_alloc_cb, legacy_read_cb);
 	if (s->peer_connected && !s->peer_gone)
@@ -514,17 +492,15 @@ static void reconnect(struct outbound *s)
 	s->retrying = true;
 	s->cur++; /* a fresh handle, to the address that answered */
 	conn_life_arm(&s->life, s->app->cfg.outbound.connect_timeout);
-	connect_peer(s);
+	outbound_connect_peer(s);
 }
-
-static void start_milters(struct outbound *s);
 
 static void splice_machine(struct outbound *s)
 {
 	s->spliced = true;
 	smtp_machine_skip_greeting(&s->machine);
 	if (s->machine.cfg.milters)
-		start_milters(s);
+		outbound_start_milters(s);
 	size_t len;
 	char *held = outbound_nego_take_held(&s->nego, &len);
 	if (len)
@@ -557,7 +533,7 @@ static bool step_nego(struct outbound *s)
 	struct nego_actions *a = &s->nego.act;
 	size_t len;
 	char *data = buf_take(&a->to_peer, &len);
-	send_peer(s, data, len);
+	outbound_send_peer(s, data, len);
 	data = buf_take(&a->to_legacy, &len);
 	if (len)
 		send_legacy(s, data, len);
@@ -567,7 +543,7 @@ static bool step_nego(struct outbound *s)
 		return false;
 	log_nego(s, a);
 	for (unsigned r = 0; r < REFUSAL_COUNT; r++) {
-		metrics_add(&mblock(s)->refused[ML_OUTBOUND][r], a->refused[r]);
+		metrics_add(&outbound_mblock(s)->refused[ML_OUTBOUND][r], a->refused[r]);
 		a->refused[r] = 0; /* counted once */
 	}
 	if (a->close && a->event && strcmp(a->event, "outbound_policy") == 0)
@@ -589,13 +565,13 @@ static bool step_nego(struct outbound *s)
 	return s->spliced && !s->closing;
 }
 
-static void outbound_step(struct outbound *s)
+void outbound_step(struct outbound *s)
 {
 	if (s->closing)
 		return;
 	if (!s->spliced && !step_nego(s)) {
 		if (!s->closing)
-			update_reads(s);
+			outbound_update_reads(s);
 		return;
 	}
 	struct smtp_actions *a = &s->machine.act;
@@ -610,7 +586,7 @@ static void outbound_step(struct outbound *s)
 		log_msg(TF_LOG_INFO, "event=peer_dropped id=%s", s->id);
 	}
 	data = buf_take(&a->to_backend, &len);
-	send_peer(s, data, len);
+	outbound_send_peer(s, data, len);
 	data = buf_take(&a->to_client, &len);
 	if (len)
 		send_legacy(s, data, len);
@@ -620,7 +596,7 @@ static void outbound_step(struct outbound *s)
 		return;
 	if (a->note)
 		log_msg(TF_LOG_INFO, "event=note id=%s note=\"%s\"", s->id, a->note);
-	struct metrics_block *b = mblock(s);
+	struct metrics_block *b = outbound_mblock(s);
 	for (unsigned r = 0; r < REFUSAL_COUNT; r++) {
 		metrics_add(&b->refused[ML_OUTBOUND][r], a->refused[r]);
 		a->refused[r] = 0; /* counted once */
@@ -640,323 +616,10 @@ static void outbound_step(struct outbound *s)
 		outbound_close(s, reason);
 		return;
 	}
-	update_reads(s);
+	outbound_update_reads(s);
 	if (s->peer_ep.tls && s->peer_ep.tls->established && peer_wanted(s) &&
 	    tls_io_pending(s->peer_ep.tls))
 		pump_tls(s);
 	if (s->milt && !s->closing)
 		milter_session_pump(s->milt);
-}
-
-/* ---- milters (issue 14) ------------------------------------------------ */
-
-static void milt_send_peer(void *owner, char *data, size_t len)
-{
-	send_peer(owner, data, len);
-}
-
-static bool milt_backlogged(void *owner)
-{
-	struct outbound *s = owner;
-	return s->closing || !s->peer_connected || s->peer_gone || peer_backlogged(s);
-}
-
-static void milt_refresh(void *owner, struct milter_session_info *info)
-{
-	struct outbound *s = owner;
-	(void)s;
-	/* The legacy server's leg is plaintext: no TLS macros, no AUTH. */
-	info->tls_version = NULL;
-	info->cipher = NULL;
-}
-
-static void milt_failed(void *owner, const char *why)
-{
-	struct outbound *s = owner;
-	log_msg(TF_LOG_ERROR, "event=milter_error id=%s error=\"%s\"", s->id, why);
-	peer_lost(s);
-}
-
-static void milt_step(void *owner)
-{
-	outbound_step(owner);
-}
-
-static const struct milter_session_ops milt_ops = {
-    .send_backend = milt_send_peer,
-    .backend_backlogged = milt_backlogged,
-    .refresh = milt_refresh,
-    .failed = milt_failed,
-    .step = milt_step,
-};
-
-/* The milters' view of the legacy server, then connect and its HELO (the
- * greeting and first EHLO went through outbound_nego). */
-static void start_milters(struct outbound *s)
-{
-	const struct tf_config *cfg = &s->app->cfg;
-	s->milt = milter_session_new(s->life.accepted.loop, cfg->outbound.milters,
-				     cfg->outbound.n_milters, cfg->limits.message_size_limit,
-				     &s->machine, s, &milt_ops, s->id);
-	if (!s->milt) {
-		smtp_machine_backend_unavailable(&s->machine);
-		return;
-	}
-	milter_session_start(s->milt, cfg->server_name, (struct sockaddr *)&s->legacy_ss, NULL,
-			     s->nego.name);
-}
-
-/* ---- start ------------------------------------------------------------- */
-
-/* The peer address being tried did not take the connection (refused,
- * unreachable, timed out): the next address of the next hop is tried, as
- * Postfix does; after the last one (and on the plaintext retry, which goes
- * to the address that answered) the legacy server gets 421 4.4.1. */
-static void peer_connect_failed(struct outbound *s, const char *error)
-{
-	bool next = !s->retrying && s->dest_i + 1 < s->n_dests;
-	log_msg(TF_LOG_WARN, "event=peer_unavailable id=%s peer=%s error=\"%s\"%s", s->id,
-		s->peer_addr, error, next ? " next=address" : "");
-	if (next) {
-		conn_life_close_handle((uv_handle_t *)&s->peer[s->cur]);
-		s->cur++;
-		s->dest_i++;
-		conn_life_arm(&s->life, s->app->cfg.outbound.connect_timeout);
-		connect_peer(s);
-		return;
-	}
-	s->peer_gone = true;
-	outbound_nego_peer_unavailable(&s->nego);
-	outbound_step(s);
-}
-
-static void connect_cb(uv_connect_t *req, int status)
-{
-	struct outbound *s = req->data;
-	if (status == UV_ECANCELED || s->closing || req != &s->connect_req[s->cur])
-		return;
-	if (status < 0) {
-		peer_connect_failed(s, uv_strerror(status));
-		return;
-	}
-	s->peer_connected = true;
-	s->peer_gone = false;
-	uv_tcp_nodelay(&s->peer[s->cur], 1);
-	if (s->retrying)
-		outbound_nego_reconnected(&s->nego);
-	conn_life_arm(&s->life, s->app->cfg.limits.idle_timeout);
-	outbound_step(s);
-}
-
-static void connect_peer(struct outbound *s)
-{
-	unsigned i = s->cur;
-	struct sockaddr *dest = (struct sockaddr *)&s->dests[s->dest_i];
-	uv_tcp_init(&s->life.worker->loop, &s->peer[i]);
-	s->peer[i].data = s;
-	s->peer_ep.stream = (uv_stream_t *)&s->peer[i];
-	s->peer_open[i] = true;
-	conn_life_ref(&s->life);
-	s->connect_req[i].data = s;
-	address_format(dest, s->peer_addr, sizeof(s->peer_addr));
-	int rc = uv_tcp_connect(&s->connect_req[i], &s->peer[i], dest, connect_cb);
-	if (rc != 0)
-		peer_connect_failed(s, uv_strerror(rc));
-}
-
-static void gai_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
-{
-	struct outbound *s = req->data;
-	s->resolving = false;
-	s->n_dests = 0;
-	for (struct addrinfo *ai = status == 0 ? res : NULL;
-	     ai && s->n_dests < OUTBOUND_MAX_ADDRESSES; ai = ai->ai_next)
-		if (ai->ai_addrlen <= sizeof(s->dests[0]))
-			memcpy(&s->dests[s->n_dests++], ai->ai_addr, ai->ai_addrlen);
-	bool ok = s->n_dests > 0;
-	uv_freeaddrinfo(res);
-	if (!s->closing && !ok) {
-		log_msg(TF_LOG_WARN, "event=peer_unavailable id=%s next_hop=%s error=\"%s\"", s->id,
-			s->app->cfg.outbound.next_hop, status ? uv_strerror(status) : "no address");
-		outbound_nego_peer_unavailable(&s->nego);
-		outbound_step(s);
-	} else if (!s->closing) {
-		connect_peer(s);
-	}
-	/* Counted like a handle so that the session outlives the request. */
-	conn_life_unref(&s->life);
-}
-
-static bool same_address(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-	if (a->ss_family != b->ss_family)
-		return false;
-	if (a->ss_family == AF_INET) {
-		const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-		return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-	}
-	const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-	return x->sin6_port == y->sin6_port &&
-	       memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
-}
-
-/* SPEC §4.1 original-destination: where the legacy server meant to go
- * before the REDIRECT rule. */
-static bool original_destination(struct outbound *s)
-{
-	uv_os_fd_t fd;
-	if (uv_fileno((uv_handle_t *)&s->life.accepted, &fd) != 0)
-		return false;
-	struct sockaddr_storage *dest = &s->dests[0];
-	socklen_t len = sizeof(*dest);
-	struct sockaddr_storage local;
-	socklen_t llen = sizeof(local);
-	if (getsockname(fd, (struct sockaddr *)&local, &llen) != 0)
-		return false;
-	int rc = local.ss_family == AF_INET6
-		     ? getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, dest, &len)
-		     : getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, dest, &len);
-	if (rc != 0) {
-		log_msg(TF_LOG_WARN,
-			"event=peer_unavailable id=%s error=\"no original destination: %s\"", s->id,
-			uv_strerror(uv_translate_sys_error(errno)));
-		return false;
-	}
-	/* Without a REDIRECT, conntrack reports our own listener: connecting
-	 * there would loop. */
-	if (same_address(dest, &local)) {
-		log_msg(TF_LOG_WARN,
-			"event=peer_unavailable id=%s error=\"no original destination: the "
-			"connection was not redirected\"",
-			s->id);
-		return false;
-	}
-	s->n_dests = 1;
-	return true;
-}
-
-/* Finds the next hop and connects; the greeting is relayed when it comes. */
-static void start_peer(struct outbound *s)
-{
-	const char *hop = s->app->cfg.outbound.next_hop;
-	conn_life_arm(&s->life, s->app->cfg.outbound.connect_timeout);
-	if (strcmp(hop, "original-destination") == 0) {
-		if (!original_destination(s)) {
-			outbound_nego_peer_unavailable(&s->nego);
-			outbound_step(s);
-			return;
-		}
-		connect_peer(s);
-		return;
-	}
-	unsigned port;
-	if (config_split_hostport(hop, s->host, sizeof(s->host), &port) < 0) {
-		outbound_nego_peer_unavailable(&s->nego);
-		outbound_step(s);
-		return;
-	}
-	struct sockaddr_in *in = (struct sockaddr_in *)&s->dests[0];
-	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&s->dests[0];
-	s->n_dests = 1;
-	if (inet_pton(AF_INET, s->host, &in->sin_addr) == 1) {
-		in->sin_family = AF_INET;
-		in->sin_port = htons((uint16_t)port);
-		connect_peer(s);
-		return;
-	}
-	if (inet_pton(AF_INET6, s->host, &in6->sin6_addr) == 1) {
-		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons((uint16_t)port);
-		connect_peer(s);
-		return;
-	}
-	char service[8];
-	snprintf(service, sizeof(service), "%u", port);
-	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-	s->gai.data = s;
-	snprintf(s->peer_addr, sizeof(s->peer_addr), "%s", hop);
-	int rc = uv_getaddrinfo(&s->life.worker->loop, &s->gai, gai_cb, s->host, service, &hints);
-	if (rc != 0) {
-		log_msg(TF_LOG_WARN, "event=peer_unavailable id=%s next_hop=%s error=\"%s\"", s->id,
-			hop, uv_strerror(rc));
-		outbound_nego_peer_unavailable(&s->nego);
-		outbound_step(s);
-		return;
-	}
-	s->resolving = true;
-	conn_life_ref(&s->life);
-}
-
-static void machine_config(const struct app *app, struct smtp_machine_config *mc)
-{
-	const struct tf_config *cfg = &app->cfg;
-	memset(mc, 0, sizeof(*mc));
-	/* Outbound (§4.2.3): tlsfront owns TLS towards the peer, so the legacy
-	 * server is offered no STARTTLS; AUTH passes to the peer. */
-	mc->tcp_auth = true;
-	mc->tls_auth = true;
-	mc->line_length = cfg->limits.line_length;
-	mc->max_errors = cfg->limits.max_errors;
-	mc->reject_bare = cfg->bare_newlines == TF_BARE_REJECT;
-	mc->server_name = cfg->server_name;
-	mc->milters = cfg->outbound.n_milters > 0;
-}
-
-void outbound_accept(struct listener *l, int fd)
-{
-	struct worker *w = l->worker;
-	struct outbound *s = calloc(1, sizeof(*s));
-	if (!s) {
-		worker_drop_connection(l, fd);
-		return;
-	}
-	conn_life_init(&s->life, w, timer_cb, free_outbound);
-	snprintf(s->id, sizeof(s->id), "o%lx", atomic_fetch_add(&outbound_counter, 1) + 1);
-	s->legacy_ep.stream = legacy_stream(s);
-	s->app = w->app;
-	app_ref(s->app);
-	s->next = w->outbounds;
-	if (w->outbounds)
-		w->outbounds->prev = s;
-	w->outbounds = s;
-	snprintf(s->legacy_addr, sizeof(s->legacy_addr), "unknown");
-	snprintf(s->peer_addr, sizeof(s->peer_addr), "none");
-	snprintf(s->sni, sizeof(s->sni), "none");
-
-	struct nego_config nc = {.policy = s->app->cfg.outbound.tls,
-				 .line_length = s->app->cfg.limits.line_length,
-				 .server_name = s->app->cfg.server_name};
-	outbound_nego_init(&s->nego, &nc);
-	struct smtp_machine_config mc;
-	machine_config(s->app, &mc);
-	smtp_machine_init(&s->machine, &mc);
-
-	if (uv_tcp_open(&s->life.accepted, fd) != 0) {
-		close(fd);
-		s->closing = true;
-		conn_life_close_now(&s->life);
-		return;
-	}
-	uv_tcp_nodelay(&s->life.accepted, 1);
-	if (conn_life_addresses(&s->life, s->id, &s->legacy_ss, NULL) != 0) {
-		s->closing = true;
-		conn_life_close_now(&s->life);
-		return;
-	}
-	address_format((struct sockaddr *)&s->legacy_ss, s->legacy_addr, sizeof(s->legacy_addr));
-	log_msg(TF_LOG_DEBUG, "event=connect id=%s listener=outbound client=%s", s->id,
-		s->legacy_addr);
-	/* A session from here on: it will end in outbound_close(). */
-	metrics_inc(&mblock(s)->started[ML_OUTBOUND]);
-	s->admitted = conn_limits_admit((struct sockaddr *)&s->legacy_ss);
-	if (!s->admitted) {
-		metrics_inc(&mblock(s)->refused[ML_OUTBOUND][REFUSAL_LIMIT]);
-		log_msg(TF_LOG_INFO, "event=limit id=%s client=%s", s->id, s->legacy_addr);
-		outbound_nego_limit(&s->nego);
-		outbound_step(s);
-		return;
-	}
-	start_peer(s);
-	if (!s->closing)
-		update_reads(s);
 }
