@@ -4,8 +4,10 @@
 #   (a) mandoc -Tlint -Wstyle prints any message for man/tlsfront.8 or
 #       man/tlsfront.conf.5;
 #   (b) a configuration key of policy/config.c's key table (its leaves[]),
-#       a value of one of its enum keys, a tls.certificates member or a
-#       member of a milters group has no entry in tlsfront.conf.5;
+#       a value of one of the enum keys (the *_names[] tables of config.c
+#       and config_read.c), a tls.certificates member or a member of a
+#       milters group (read_cert_pair() and read_milter() in config_read.c)
+#       has no entry in tlsfront.conf.5;
 #   (c) an event=NAME logged by proxy/, certs/ or policy/, a close reason of
 #       smtp_close_reason_name(), or a key of the event=session summary line
 #       has no entry in tlsfront.8.
@@ -89,6 +91,7 @@ done
 
 # ---- (b) configuration keys -------------------------------------------------
 config=$root/policy/config.c
+config_read=$root/policy/config_read.c
 keys=$(sed -n 's/^[[:space:]]*L_[A-Z]*("\([a-z0-9_.]*\)".*/\1/p' "$config")
 need 20 "configuration keys (L_*(\"key\", ...) rows)" "$keys"
 text5=$(cat "$page5")
@@ -96,15 +99,16 @@ for k in $keys; do
 	has_item "$text5" "$k" Ic || missing "key $k has no '.It Ic $k' in tlsfront.conf.5"
 done
 
-values=$(sed -n 's/^static const char \*const [a-z_]*_names\[\] = {\(.*\)};/\1/p' "$config" |
-	tr ',' '\n' | sed -n 's/^[[:space:]]*"\([^"]*\)"[[:space:]]*$/\1/p')
+values=$(sed -n 's/^static const char \*const [a-z_]*_names\[\] = {\(.*\)};/\1/p' \
+	"$config" "$config_read" | tr ',' '\n' |
+	sed -n 's/^[[:space:]]*"\([^"]*\)"[[:space:]]*$/\1/p')
 need 10 "enum values (*_names[] tables)" "$values"
 for v in $values; do
 	printf '%s\n' "$text5" | grep -Eq "(^\.|[[:space:]])Cm $v( |\$)" ||
 		missing "value \"$v\" is never named with Cm in tlsfront.conf.5"
 done
 
-members=$(section "$config" '^static int read_cert_pair' '^}' |
+members=$(section "$config_read" '^static int read_cert_pair' '^}' |
 	sed -n 's/.*strcmp(name, "\([a-z_]*\)").*/\1/p')
 need 2 "tls.certificates members" "$members"
 for m in $members; do
@@ -112,7 +116,7 @@ for m in $members; do
 		missing "tls.certificates member $m is not named in tlsfront.conf.5"
 done
 
-members=$(section "$config" '^static int read_milter[(]' '^}' |
+members=$(section "$config_read" '^static int read_milter[(]' '^}' |
 	sed -n 's/.*strcmp(name, "\([a-z_]*\)").*/\1/p')
 need 5 "milter members (read_milter)" "$members"
 for m in $members; do

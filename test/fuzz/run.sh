@@ -51,7 +51,8 @@ run() { # name, pkg-config packages (or ""), sources...
 		status=1
 	fi
 }
-run fuzz_config libconfig test/fuzz/fuzz_config.c policy/config.c
+run fuzz_config libconfig test/fuzz/fuzz_config.c policy/config.c policy/config_read.c \
+	policy/config_values.c
 run fuzz_smtp_machine libconfig test/fuzz/fuzz_smtp_machine.c proxy/smtp/*.c \
 	policy/smtp_rules.c policy/outbound_policy.c
 run fuzz_outbound_nego libconfig test/fuzz/fuzz_outbound_nego.c proxy/smtp/*.c \
