@@ -31,18 +31,24 @@ static atomic_ulong session_counter;
 static bool send_proxy_header(struct session *s);
 static void start_backend(struct session *s);
 
+/* The backend could not be reached: the client gets 421 4.3.2 (§3.2). */
+static void backend_unavailable(struct session *s, int uv_error)
+{
+	log_msg(TF_LOG_WARN, "event=backend_unavailable id=%s backend=%s error=\"%s\"", s->id,
+		s->app->backend.text, uv_strerror(uv_error));
+	metrics_inc(&session_mblock(s)->backend_failed[session_mlistener(s)]);
+	s->backend_gone = true;
+	smtp_machine_backend_unavailable(&s->machine);
+	session_step(s);
+}
+
 static void connect_cb(uv_connect_t *req, int status)
 {
 	struct session *s = req->data;
 	if (status == UV_ECANCELED || s->closing)
 		return;
 	if (status < 0) {
-		log_msg(TF_LOG_WARN, "event=backend_unavailable id=%s backend=%s error=\"%s\"",
-			s->id, s->app->backend.text, uv_strerror(status));
-		metrics_inc(&session_mblock(s)->backend_failed[session_mlistener(s)]);
-		s->backend_gone = true;
-		smtp_machine_backend_unavailable(&s->machine);
-		session_step(s);
+		backend_unavailable(s, status);
 		return;
 	}
 	s->backend_connected = true;
@@ -126,12 +132,7 @@ static void start_backend(struct session *s)
 {
 	int rc = backend_connect(s);
 	if (rc != 0) {
-		log_msg(TF_LOG_WARN, "event=backend_unavailable id=%s backend=%s error=\"%s\"",
-			s->id, s->app->backend.text, uv_strerror(rc));
-		metrics_inc(&session_mblock(s)->backend_failed[session_mlistener(s)]);
-		s->backend_gone = true;
-		smtp_machine_backend_unavailable(&s->machine);
-		session_step(s);
+		backend_unavailable(s, rc);
 		return;
 	}
 	conn_life_arm(&s->life, s->app->cfg.backend.connect_timeout);
